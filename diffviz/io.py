@@ -1,0 +1,113 @@
+"""Trace files (``.dvz``): one safetensors file whose header metadata holds the JSON description.
+
+Loading never unpickles: safetensors holds raw tensors, the rest is JSON. A SHA-256 over every
+tensor (name, dtype, shape, bytes) is stored and checked, so a truncated or edited file is refused
+with a message rather than read as wrong numbers. Saving writes a temporary file and renames it,
+so an interrupted save never leaves a half-written trace under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .trace import Layer, Token, Trace
+
+FORMAT = "diffviz-trace"
+FORMAT_VERSION = 1
+_TENSORS = ("timesteps", "alpha_bar", "sigma", "latents", "x0", "noise_cond", "noise_uncond", "image",
+            "preview_weight")
+
+
+class TraceFileError(ValueError):
+    """A file that is not a readable diffviz trace; the message says why."""
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` to ``path`` atomically; returns the path."""
+    if trace.num_steps == 0:
+        raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` block).")
+    path = Path(path)
+    tensors = {k: getattr(trace, k) for k in _TENSORS if getattr(trace, k) is not None}
+    tensors |= {f"attn/{n}": m for n, m in trace.attn.items()}
+    tensors |= {f"attn_uncond/{n}": m for n, m in trace.attn_uncond.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "diffviz_version": __version__,
+        "prompt": trace.prompt, "negative_prompt": trace.negative_prompt, "words": trace.words,
+        "tokens": [[t.position, t.text, t.word] for t in trace.tokens],
+        "layers": [[l.name, list(l.size), l.heads] for l in trace.layers],
+        "height": trace.height, "width": trace.width, "guidance_scale": trace.guidance_scale,
+        "model": trace.model, "scheduler": trace.scheduler, "options": trace.options,
+        "sha256": _checksum(tensors),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"diffviz": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace written by ``Trace.save``. Raises TraceFileError for a file that is truncated,
+    edited, of another format version, or not a trace at all."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file at {str(path)!r}.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("diffviz")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors reports damage with several exception types
+        raise TraceFileError(f"{str(path)!r} is not a readable trace file (truncated, or not a diffviz "
+                             f"trace): {err}") from None
+    if raw is None:
+        raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz trace (no 'diffviz' metadata).")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise TraceFileError(f"{str(path)!r} has damaged trace metadata: {err}") from None
+    version = meta.get("format_version")
+    if meta.get("format") != FORMAT or version != FORMAT_VERSION:
+        raise TraceFileError(
+            f"{str(path)!r} is trace format version {version!r}; this diffviz ({__version__}) reads version "
+            f"{FORMAT_VERSION}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')})."
+        )
+    if _checksum(tensors) != meta.get("sha256"):
+        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch); "
+                             "regenerate it or restore the original file.")
+    return Trace(
+        prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
+        tokens=[Token(p, t, w) for p, t, w in meta["tokens"]],
+        layers=[Layer(n, tuple(s), h) for n, s, h in meta["layers"]],
+        height=meta["height"], width=meta["width"], guidance_scale=meta["guidance_scale"],
+        timesteps=tensors["timesteps"], alpha_bar=tensors["alpha_bar"], sigma=tensors["sigma"],
+        latents=tensors["latents"], x0=tensors["x0"], noise_cond=tensors["noise_cond"],
+        noise_uncond=tensors.get("noise_uncond"),
+        attn={k.removeprefix("attn/"): v for k, v in tensors.items() if k.startswith("attn/")},
+        attn_uncond={k.removeprefix("attn_uncond/"): v for k, v in tensors.items() if k.startswith("attn_uncond/")},
+        image=tensors.get("image"), preview_weight=tensors.get("preview_weight"),
+        model=meta["model"], scheduler=meta["scheduler"], options=meta["options"],
+    )
