@@ -1,0 +1,360 @@
+"""Which words made these pixels? Gradient attribution (captum) of one denoising step to the prompt.
+
+Attention says where a word's information flowed; attribution asks how much the prediction depends
+on the word. At one step of a traced generation we rebuild the U-Net call exactly as the pipeline
+made it (same latents, timestep, both guidance halves) and attribute a scalar of the prediction to
+the prompt's tokens with captum:
+
+* ``"integrated_gradients"``: ``LayerIntegratedGradients`` on the text encoder's token embeddings,
+  from a baseline prompt whose word tokens are replaced by padding. Completeness: the token scores sum
+  to ``F(prompt) - F(baseline)`` up to the reported ``delta``.
+* ``"saliency"`` (|gradient|) and ``"input_x_gradient"`` on the prompt embeddings (the text
+  encoder's output that the U-Net reads).
+
+The scalar ``F`` is the region's prediction (x0 or noise, guided) projected on its own change from
+the baseline prompt: ``F(e) = mean_region <pred(e), pred(prompt) - pred(baseline)>``. So
+``F(prompt) - F(baseline)`` is the mean squared change the prompt causes in the region, and the token
+scores split that change among the words (units: latent value squared). Gradients run in float32,
+also for float16 pipelines (cast for the call, cast back exactly afterwards).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+
+from . import heatmap
+from .pipelines import check_pipeline
+from .trace import Token, Trace
+
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
+TARGETS = ("x0", "noise")
+# A box (x0, y0, x1, y1) in image pixels (x right, y down, end exclusive), or a [H, W] mask/weights.
+Region = tuple[float, float, float, float] | torch.Tensor | None
+
+
+# ---- regions -----------------------------------------------------------------------------------
+def region_mask(region: Region, height: int, width: int) -> torch.Tensor:
+    """[H, W] float32 weights in [0, 1] for a box (pixels, end exclusive), a mask, or None (everywhere)."""
+    if region is None:
+        return torch.ones(height, width)
+    if isinstance(region, torch.Tensor) or hasattr(region, "__array__") and not isinstance(region, tuple):
+        mask = torch.as_tensor(region).float()
+        if tuple(mask.shape) != (height, width):
+            raise ValueError(f"a region mask must be [H, W] = [{height}, {width}] (image pixels), "
+                             f"got {list(mask.shape)}.")
+        if not mask.any():
+            raise ValueError("the region mask is empty; mark at least one pixel.")
+        return mask
+    if len(region) != 4:
+        raise ValueError(f"a region box is (x0, y0, x1, y1) in pixels, got {region!r}.")
+    x0, y0, x1, y1 = (float(v) for v in region)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"box {region!r} is not inside the {width}x{height} image (x0 < x1 <= {width}, "
+                         f"y0 < y1 <= {height}).")
+    # fractional coverage of each pixel, so a box smaller than a pixel grid cell still counts
+    xs, ys = torch.arange(width).float(), torch.arange(height).float()
+    cx = ((xs + 1).clamp(max=x1) - xs.clamp(min=x0)).clamp(min=0)
+    cy = ((ys + 1).clamp(max=y1) - ys.clamp(min=y0)).clamp(min=0)
+    return cy[:, None] * cx[None, :]
+
+
+def pool(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[H, W] pixel weights -> [h, w] weights on a coarser grid (area average, so values stay in [0, 1])."""
+    return F.adaptive_avg_pool2d(mask[None, None].float(), size)[0, 0]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties get their mean rank); nan if either is constant."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        r = torch.empty_like(x)
+        order = x.argsort()
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in x.unique():  # average the ranks of ties
+            tie = x == v
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a.flatten()), ranks(b.flatten())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = (ra.norm() * rb.norm()).item()
+    return float((ra @ rb).item() / denom) if denom > 0 else float("nan")
+
+
+# ---- the result ----------------------------------------------------------------------------------
+@dataclass
+class Attribution:
+    """Attribution of one step's prediction in one region to the prompt's tokens and words."""
+
+    method: str
+    target: str  # "x0" or "noise"
+    step: int
+    timestep: float
+    words: list[str]
+    tokens: list[Token]  # the trace's stored tokens, aligned with token_scores
+    token_scores: torch.Tensor  # [token] float32 (units: squared latent change; saliency: |grad| sum)
+    word_scores: torch.Tensor  # [word] float32, summed over each word's tokens
+    total: float  # F(prompt) - F(baseline): what integrated gradients must add up to
+    delta: float | None  # captum's convergence delta (integrated gradients only)
+    region: torch.Tensor  # [H, W] float32 pixel weights of the attributed region
+    word: str | None = None  # the word of ``pixel_map``
+    pixel_map: torch.Tensor | None = None  # [H, W] float32, signed: that word's contribution per pixel
+    # (same units as the scores; its region-weighted mean is the word's own effect on F)
+
+    def ranking(self) -> list[str]:
+        """Words from the most to the least attributed (by signed score)."""
+        return [self.words[i] for i in self.word_scores.argsort(descending=True).tolist()]
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{self.words[i]}={self.word_scores[i]:.3g}"
+                        for i in self.word_scores.argsort(descending=True)[:4].tolist())
+        d = "" if self.delta is None else f", delta {self.delta:.2g}"
+        return f"Attribution({self.method}, {self.target} at step {self.step}: {top}; total {self.total:.3g}{d})"
+
+
+# ---- rebuilding one U-Net call ---------------------------------------------------------------------
+@contextmanager
+def _float32(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Cast ``modules`` to float32 for the block and back afterwards (fp16 -> fp32 -> fp16 is exact)."""
+    from diffusers.utils import logging as dlogging
+
+    cast = [(m, next(m.parameters()).dtype) for m in modules if next(m.parameters()).dtype != torch.float32]
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # diffusers warns on every ModelMixin.to(dtype); this cast is deliberate
+    try:
+        for m, _ in cast:
+            m.float()
+        yield
+    finally:
+        for m, d in cast:
+            m.to(d)
+        dlogging.set_verbosity(verbosity)
+
+
+class _StepModel:
+    """The pipeline's U-Net call at one traced step, as functions of the prompt (float32).
+
+    ``ids``: [n, 77] token ids -> prompt embeddings; ``prediction(embeds)``: [n, C, h, w] guided x0 or
+    noise, exactly what the sampler saw at that step (checked against the trace in the tests).
+    """
+
+    def __init__(self, pipe, trace: Trace, step: int, target: str):
+        self.pipe, self.trace, self.step, self.target = pipe, trace, step, target
+        self.device = pipe.unet.device
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None
+        self.encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+                         if e is not None]
+        self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if self.xl else [pipe.tokenizer]
+        self.ids = [self._tokenize(t, trace.prompt) for t in self.tokenizers]
+        self.cfg = trace.noise_uncond is not None
+        self.latent = trace.latents[step].to(self.device, torch.float32)[None]
+        self.t = trace.timesteps[step].to(self.device)
+        ab = trace.alpha_bar[step].double()
+        sigma_space = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0)) > 1.0  # Euler-type samplers
+        self.in_scale = float((ab.sqrt()) if sigma_space else 1.0)  # = 1 / sqrt(sigma^2 + 1) there
+        self.sqrt_ab, self.sqrt_1mab = float(ab.sqrt()), float((1 - ab).sqrt())
+        self.kind = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self.xl:
+            h, w = trace.height, trace.width
+            self.time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=self.device)
+        self.uncond = None
+
+    def _tokenize(self, tokenizer, text: str) -> torch.Tensor:
+        return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def baseline_ids(self, positions: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Prompt ids with the word tokens (or only ``positions``) replaced by the padding token."""
+        pos = [t.position for t in self.trace.tokens if t.word is not None] if positions is None else positions
+        out = []
+        for tok, ids in zip(self.tokenizers, self.ids):
+            ids = ids.clone()
+            ids[:, list(pos)] = tok.pad_token_id
+            out.append(ids)
+        return out
+
+    def encode(self, *ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (one tensor per text encoder) -> (embeds [n, 77, D], pooled [n, P] or None)."""
+        if not self.xl:
+            mask = None
+            if getattr(self.encoders[0].config, "use_attention_mask", False):
+                mask = (ids[0] != self.tokenizers[0].pad_token_id).long()
+            return self.encoders[0](ids[0], attention_mask=mask)[0], None
+        states, pooled = [], None
+        for enc, i in zip(self.encoders, ids):
+            out = enc(i, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            if out[0].ndim == 2:
+                pooled = out[0]
+        return torch.cat(states, -1), pooled
+
+    def prepare(self) -> None:
+        """Encode the negative prompt once, outside captum's hooks (it does not depend on the prompt)."""
+        with torch.no_grad():
+            neg = self.trace.negative_prompt
+            if self.xl and not neg and self.pipe.config.get("force_zeros_for_empty_prompt", True):
+                e, p = self.encode(*self.ids)
+                self.uncond = (torch.zeros_like(e), torch.zeros_like(p))
+            else:
+                self.uncond = self.encode(*[self._tokenize(t, neg or "") for t in self.tokenizers])
+
+    def prediction(self, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, C, h, w] float32 guided prediction (x0 or noise) for prompt embeddings [n, 77, D]."""
+        n = embeds.shape[0]
+        x = (self.latent * self.in_scale).expand(n, -1, -1, -1)
+        kw = {}
+        if self.cfg:
+            ue, up = self.uncond
+            embeds = torch.cat([ue.expand(n, -1, -1), embeds])
+            pooled = None if pooled is None else torch.cat([up.expand(n, -1), pooled])
+            x = torch.cat([x, x])
+        if self.xl:
+            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.expand(x.shape[0], -1)}
+        out = self.pipe.unet(x, self.t, encoder_hidden_states=embeds, **kw, return_dict=False)[0].float()
+        if self.cfg:
+            u, c = out.chunk(2)
+            out = u + self.trace.guidance_scale * (c - u)
+        if self.target == "noise":
+            return out
+        x = x[:n]
+        if self.kind == "v_prediction":
+            return self.sqrt_ab * x - self.sqrt_1mab * out
+        if self.kind == "sample":
+            return out
+        return (x - self.sqrt_1mab * out) / self.sqrt_ab
+
+
+# ---- attribution ---------------------------------------------------------------------------------
+def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: str = "integrated_gradients",
+              target: str = "x0", word: str | int | None = None, n_steps: int = 32,
+              internal_batch_size: int | None = 8) -> Attribution:
+    """Attribute ``target`` ("x0" or "noise", guided) at ``step`` of ``trace``, inside ``region``, to the
+    prompt's tokens and words. ``pipe`` must be the pipeline that made the trace (it is left as it was).
+
+    ``region``: a box (x0, y0, x1, y1) in image pixels, a [H, W] mask, or None for the whole image.
+    ``method``: "integrated_gradients" (layer IG on token embeddings, ``n_steps`` points),
+    "saliency" or "input_x_gradient" (on the prompt embeddings). ``word``: also compute that word's
+    per-pixel contribution map (the exact integral of the gradient along the path that moves only this
+    word from its baseline, i.e. the change when the word alone is replaced by padding).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}.")
+    check_pipeline(pipe)
+    if trace.num_steps == 0:
+        raise ValueError("this trace is empty: run the pipeline inside `with diffviz.trace(pipe) as trace:` first.")
+    step = trace.step_indices(step)[0]
+    word_idx = trace.word_indices(word)[0] if word is not None else None
+    mask = region_mask(region, trace.height, trace.width)
+    model = _StepModel(pipe, trace, step, target)
+    weights = pool(mask, tuple(model.latent.shape[-2:])).to(model.device)
+    weights = weights / weights.sum()
+
+    with _float32([pipe.unet, *model.encoders]):
+        model.prepare()
+        with torch.no_grad():
+            e_in, p_in = model.encode(*model.ids)
+            base_ids = model.baseline_ids()
+            e_base, p_base = model.encode(*base_ids)
+            pred_in, pred_base = model.prediction(e_in, p_in), model.prediction(e_base, p_base)
+        direction = pred_in - pred_base  # [1, C, h, w]
+
+        def score(pred: torch.Tensor) -> torch.Tensor:  # [n, C, h, w] -> [n]
+            return ((pred * direction).sum(1) * weights).sum((-2, -1))
+
+        total = float(score(pred_in) - score(pred_base))
+        delta = None
+        if method == "integrated_gradients":
+            def forward_ids(*ids: torch.Tensor) -> torch.Tensor:
+                return score(model.prediction(*model.encode(*ids)))
+
+            layers = [e.get_input_embeddings() for e in model.encoders]  # token embeddings
+            ig = LayerIntegratedGradients(forward_ids, layers if len(layers) > 1 else layers[0])
+            attr, d = ig.attribute(tuple(model.ids), baselines=tuple(base_ids), n_steps=n_steps,
+                                   internal_batch_size=internal_batch_size, return_convergence_delta=True)
+            parts = attr if isinstance(attr, list) else [attr]
+            per_position = sum(a[0].float().sum(-1) for a in parts)  # [77]
+            delta = float(d.reshape(-1)[0])
+        else:
+            def forward_embeds(embeds: torch.Tensor) -> torch.Tensor:
+                return score(model.prediction(embeds, None if p_in is None else p_in.expand(len(embeds), -1)))
+
+            algo = Saliency(forward_embeds) if method == "saliency" else InputXGradient(forward_embeds)
+            attr = algo.attribute(e_in.detach().clone().requires_grad_(True))
+            per_position = attr[0].float().sum(-1)
+
+        pixel_map = None
+        if word_idx is not None:
+            positions = [t.position for t in trace.tokens if t.word == word_idx]
+            with torch.no_grad():
+                e_w, p_w = model.encode(*model.baseline_ids(positions))
+                cell = ((pred_in - model.prediction(e_w, p_w)) * direction).sum(1)[0]  # [h, w]
+            # its mean over the region (weighted like F) is the word's own effect on F
+            pixel_map = heatmap.upsample(cell.cpu(), (trace.height, trace.width))
+
+    token_scores = per_position.detach().cpu()[[t.position for t in trace.tokens]]
+    word_scores = torch.zeros(len(trace.words))
+    for s, t in zip(token_scores, trace.tokens):
+        if t.word is not None:
+            word_scores[t.word] += s
+    return Attribution(
+        method=method, target=target, step=step, timestep=float(trace.timesteps[step]), words=list(trace.words),
+        tokens=list(trace.tokens), token_scores=token_scores, word_scores=word_scores, total=total, delta=delta,
+        region=mask, word=None if word_idx is None else trace.words[word_idx], pixel_map=pixel_map,
+    )
+
+
+# ---- attention vs attribution --------------------------------------------------------------------
+@dataclass
+class Agreement:
+    """Attention and attribution rankings of the words for one region."""
+
+    words: list[str]
+    attention: torch.Tensor  # [word] mean attention probability inside the region
+    attribution: torch.Tensor  # [word] the Attribution's word scores
+    spearman: float  # rank correlation of the two, in [-1, 1]
+
+    def ranks(self) -> tuple[list[str], list[str]]:
+        """(words by attention, words by attribution), highest first."""
+        by = lambda s: [self.words[i] for i in s.argsort(descending=True).tolist()]  # noqa: E731
+        return by(self.attention), by(self.attribution)
+
+
+def region_attention(trace: Trace, region: Region = None, *, steps=None,
+                     layers=None) -> torch.Tensor:
+    """[word] float32: each word's mean attention probability inside ``region`` (over ``steps`` and
+    ``layers``; all when None), on the trace's attention grid."""
+    grid = heatmap.grid(trace)
+    w = pool(region_mask(region, trace.height, trace.width), grid)
+    w = w / w.sum()
+    steps, layers = trace.step_indices(steps), trace.layer_names(layers)
+    out = torch.zeros(len(trace.words))
+    for i in range(len(trace.words)):
+        maps = heatmap.per_step(trace, trace.token_indices(i), steps, layers).mean(0)  # [h, w]
+        out[i] = (maps * w).sum()
+    return out
+
+
+def agreement(trace: Trace, attribution: Attribution, *, steps=None, layers=None,
+              words: Sequence[str | int] | None = None) -> Agreement:
+    """Compare the attention ranking with ``attribution``'s ranking of the words in its region.
+
+    ``steps``: attention steps to average (default: the attribution's step). ``words``: a subset of the
+    prompt's words to rank (default all).
+    """
+    att = region_attention(trace, attribution.region, steps=attribution.step if steps is None else steps,
+                           layers=layers)
+    idx = list(range(len(trace.words))) if words is None else [trace.word_indices(w)[0] for w in words]
+    a, b = att[idx], attribution.word_scores[idx]
+    return Agreement([trace.words[i] for i in idx], a, b, spearman(a, b))
+
+
+__all__: list[str] = ["attribute", "Attribution", "agreement", "Agreement", "region_attention", "region_mask",
+                      "pool", "spearman", "METHODS", "TARGETS"]

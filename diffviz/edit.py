@@ -1,0 +1,288 @@
+"""Attention edits that test an explanation: change where a word's attention goes, watch the image.
+
+Prompt-to-prompt style interventions on the same processors the capture uses. Each function runs
+the pipeline once, inside ``diffviz.trace(pipe, edit=...)``, and returns ``(image, trace)``: the PIL
+image and the trace of the *edited* generation (its attention maps show the edit). The pipeline is
+left as it was, also when the run raises.
+
+Only the conditional half of classifier-free guidance is edited (the unconditional prompt has no
+such word). Edits reach every cross-attention layer: the ``attn2`` layers the trace records and, in
+models built with ``only_cross_attention`` (the classroom model), the ``attn1`` layers that read the
+prompt too; otherwise a suppressed word would still leak in through them. ``layers`` selects by name
+prefix ("up_blocks.1"), block ("down", "mid", "up") or resolution ("8x8").
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .attribution import Region, pool, region_mask
+from .capture import Attn2Processor, trace as trace_ctx
+from .capture.recorder import attn2_layers
+from .pipelines import check_pipeline
+from .trace import Trace
+
+Steps = int | slice | Sequence[int] | None
+Layers = str | Sequence[str] | None
+Words = str | int | Sequence[str | int]
+# (probs [batch, head, query, token] of the conditional half, layer, step, positions) -> new probs
+Change = Callable[[torch.Tensor, "_Call"], torch.Tensor]
+
+
+@dataclass
+class _Call:
+    """What an edit knows when a layer calls it."""
+
+    layer: str
+    step: int
+    size: tuple[int, int]  # (h, w) of the layer's query grid, latent cells
+    positions: list[int]  # context positions of the edited word's tokens
+
+
+@dataclass
+class _Run:
+    """State shared by the hooks of one edited generation."""
+
+    pipe: object
+    words: list[str | int]
+    steps: Steps
+    layers: Layers
+    latent: tuple[int, int]  # (h, w) of the latents
+    trace: Trace | None = None
+    step: int = -1  # the U-Net call in progress (one per denoising step)
+    positions: list[int] | None = None
+    selected_steps: set[int] | None = None
+    first_input: torch.Tensor | None = None  # the U-Net's input at step 0
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # query count -> (h, w)
+
+
+def _layer_selected(name: str, size: tuple[int, int], layers: Layers) -> bool:
+    if layers is None:
+        return True
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    return any(name == w or name.startswith(w) or w == f"{size[0]}x{size[1]}" for w in wanted)
+
+
+def _resolve(run: _Run) -> None:
+    """At the first layer call: the word's token positions (the recorder has named the tokens by
+    then) and the selected steps. Unknown words raise KeyError listing the prompt's words."""
+    tr = run.trace
+    run.positions = [tr.tokens[i].position for i in tr.token_indices(list(run.words))]
+    n = len(run.pipe.scheduler.timesteps)
+    if run.steps is None:
+        run.selected_steps = set(range(n))
+    elif isinstance(run.steps, slice):
+        run.selected_steps = set(range(n)[run.steps])
+    else:
+        picked = [run.steps] if isinstance(run.steps, int) else list(run.steps)
+        bad = [s for s in picked if not -n <= s < n]
+        if bad:
+            raise IndexError(f"steps {bad} are out of range: this generation has {n} steps (0..{n - 1}).")
+        run.selected_steps = {s % n for s in picked}
+
+
+def _grid(run: _Run, queries: int) -> tuple[int, int]:
+    """(h, w) of a layer's query grid: the latent size halved until it has ``queries`` cells."""
+    if queries not in run.sizes:
+        h, w = run.latent
+        while h * w > queries:
+            h, w = -(-h // 2), -(-w // 2)
+        if h * w != queries:
+            raise ValueError(f"cannot place {queries} attention queries on a grid below latents {run.latent}.")
+        run.sizes[queries] = (h, w)
+    return run.sizes[queries]
+
+
+def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    def edit(layer: str, probs: torch.Tensor) -> torch.Tensor:
+        if run.positions is None:
+            _resolve(run)
+        size = _grid(run, probs.shape[2])
+        if run.step not in run.selected_steps or not _layer_selected(layer, size, run.layers):
+            return probs
+        half = probs.shape[0] // 2 if getattr(run.pipe, "do_classifier_free_guidance", False) else 0
+        out = probs.clone()
+        out[half:] = change(probs[half:], _Call(layer, run.step, size, run.positions))
+        return out
+
+    return edit
+
+
+@contextmanager
+def _cross_attn1(pipe, edit: Callable[[str, torch.Tensor], torch.Tensor]) -> Iterator[list[str]]:
+    """Also edit ``attn1`` layers that attend to the prompt (``only_cross_attention`` models).
+    Yields their names; restores the saved processors on exit."""
+    unet = pipe.unet
+    modules = dict(unet.named_modules())
+    saved = dict(unet.attn_processors)
+    names = [k.removesuffix(".processor") for k in saved if k.endswith("attn1.processor")
+             and getattr(modules[k.removesuffix(".processor")], "is_cross_attention", False)]
+    if not names:
+        yield names
+        return
+    try:
+        unet.set_attn_processor({k: Attn2Processor(k.removesuffix(".processor"), None, edit)
+                                 if k.removesuffix(".processor") in names else p for k, p in saved.items()})
+        yield names
+    finally:
+        unet.set_attn_processor(saved)
+
+
+def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, layers: Layers, seed: int,
+              check_first: Callable[[torch.Tensor], None] | None = None, **call_kwargs):
+    """Run ``pipe(prompt)`` once with ``change`` applied to ``words``' attention; -> (image, trace)."""
+    unet = check_pipeline(pipe)
+    if layers is not None:
+        _check_layers(pipe, layers)
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    height = call_kwargs.get("height") or unet.config.sample_size * scale
+    width = call_kwargs.get("width") or unet.config.sample_size * scale
+    run = _Run(pipe, [words] if isinstance(words, (str, int)) else list(words), steps, layers,
+               (height // scale, width // scale))
+
+    def count(module, args, kwargs) -> None:
+        run.step += 1
+        if run.step == 0 and check_first is not None:
+            check_first(args[0] if args else kwargs["sample"])
+
+    edit = _make_edit(run, change)
+    handle = unet.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        with trace_ctx(pipe, edit=edit) as tr, _cross_attn1(pipe, edit):
+            run.trace = tr
+            generator = torch.Generator().manual_seed(seed)
+            image = pipe(prompt, generator=generator, **call_kwargs).images[0]
+    finally:
+        handle.remove()
+    return image, tr
+
+
+def _check_layers(pipe, layers: Layers) -> None:
+    names = list(attn2_layers(pipe.unet))
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    for w in wanted:
+        if not any(n == w or n.startswith(w) for n in names) and not re.fullmatch(r"\d+x\d+", w):
+            raise ValueError(f"layers={w!r} matches no cross-attention layer; names start with "
+                             f"{sorted({n.split('.attentions')[0] for n in names})}, or give a resolution like '8x8'.")
+
+
+def _set_column(probs: torch.Tensor, positions: list[int], new: torch.Tensor) -> torch.Tensor:
+    """Replace the word's columns of probs [batch, head, query, token] by ``new`` [..., query, len(positions)]
+    and rescale the other tokens so every row still sums to 1 (the layer stays a weighted mean)."""
+    out = probs.clone()
+    old = probs[..., positions]
+    new = new.clamp(0, 1)
+    if new.sum(-1).max() > 1:  # never more than a whole row
+        new = new / new.sum(-1, keepdim=True).clamp_min(1.0)
+    rest = (1 - new.sum(-1, keepdim=True)) / (1 - old.sum(-1, keepdim=True)).clamp_min(1e-6)
+    out = out * rest
+    out[..., positions] = new
+    return out
+
+
+# ---- the edits ------------------------------------------------------------------------------------
+def reweight(pipe, prompt: str, word: Words, factor: float, *, steps: Steps = None, layers: Layers = None,
+             seed: int = 0, **call_kwargs):
+    """Multiply ``word``'s cross-attention by ``factor`` (prompt-to-prompt re-weighting: the other
+    tokens are not changed, so a row no longer sums to 1), at ``steps`` and ``layers`` (None: all).
+    ``call_kwargs`` go to the pipeline (num_inference_steps, guidance_scale, ...). -> (image, trace)."""
+    if factor < 0:
+        raise ValueError(f"factor must be >= 0 (0 suppresses the word), not {factor}.")
+
+    def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
+        p = p.clone()
+        p[..., c.positions] *= factor
+        return p
+
+    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
+
+
+def suppress(pipe, prompt: str, word: Words, *, steps: Steps = None, layers: Layers = None, seed: int = 0,
+             **call_kwargs):
+    """Remove ``word`` from cross-attention (its attention set to 0) -> (image, trace)."""
+    return reweight(pipe, prompt, word, 0.0, steps=steps, layers=layers, seed=seed, **call_kwargs)
+
+
+def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: str | int | None = None,
+           steps: Steps = None, layers: Layers = None, seed: int = 0, **call_kwargs):
+    """Generate ``prompt`` with ``word``'s attention maps taken from ``source`` (a trace of another
+    prompt made with the same pipeline, seed, size and number of steps): the layout of
+    ``source_word`` (default: the same word) is kept while the rest of the prompt changes.
+
+    Maps are injected where the source recorded them (its attn2 layers; all heads if it kept them,
+    else their mean for every head). Incompatible traces are refused with the reason. -> (image, trace).
+    """
+    src_idx = source.token_indices(source_word if source_word is not None else word)
+    call_kwargs.setdefault("num_inference_steps", source.num_steps)
+    if call_kwargs["num_inference_steps"] != source.num_steps or not source.options.get("complete", True):
+        raise ValueError(f"the source trace has {source.num_steps} steps, this generation "
+                         f"{call_kwargs['num_inference_steps']}; inject needs the same number of steps.")
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    size = pipe.unet.config.sample_size * scale
+    h, w = call_kwargs.get("height") or size, call_kwargs.get("width") or size
+    if (h, w) != (source.height, source.width):
+        raise ValueError(f"the source trace is {source.width}x{source.height} px, this generation {w}x{h}; "
+                         "pass height=/width= to match.")
+    if source.model.get("pipeline") != type(pipe).__name__:
+        raise ValueError(f"the source trace was made by a {source.model.get('pipeline')}, not this "
+                         f"{type(pipe).__name__}.")
+    missing = [l.name for l in source.layers if l.name not in attn2_layers(pipe.unet)]
+    if missing:
+        raise ValueError(f"the source trace has layers this pipeline lacks ({missing[:2]}...): another model.")
+    src_maps = {name: m[:, :, src_idx].float() for name, m in source.attn.items()}  # [step, head, token, h, w]
+
+    def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
+        if c.layer not in src_maps:
+            return p
+        m = src_maps[c.layer][c.step].to(p.device)  # [head, token, h, w]
+        if len(src_idx) != len(c.positions):  # different token counts: one map for the whole word
+            m = m.sum(1, keepdim=True).expand(-1, len(c.positions), -1, -1) / len(c.positions)
+        new = m.flatten(-2).transpose(-1, -2)  # [head, query, token]
+        return _set_column(p, c.positions, new.expand(p.shape[0], p.shape[1], -1, -1))
+
+    def same_noise(sample: torch.Tensor) -> None:
+        first = sample[-1].float().flatten().cpu()
+        ref = source.latents[0].float().flatten()
+        if torch.nn.functional.cosine_similarity(first, ref, dim=0) < 0.99:
+            raise ValueError("the source trace started from different noise: inject needs the seed the "
+                             "source was made with (pass seed=...).")
+
+    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, check_first=same_noise,
+                     **call_kwargs)
+
+
+def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9, steps: Steps = None,
+          layers: Layers = None, seed: int = 0, **call_kwargs):
+    """Steer ``word``'s attention into ``box`` (x0, y0, x1, y1 in image pixels, or a [H, W] mask):
+    layout control by guiding attention during sampling.
+
+    At each selected step and layer, the word's attention mass over the image is moved into the box
+    (a ``strength`` share of it, 0..1; 1 = all of it), spread evenly over the box; the other tokens
+    are rescaled so each pixel's attention still sums to 1. Layout forms in the first steps, so
+    ``steps=slice(0, n // 2)`` is often enough. -> (image, trace).
+    """
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength is the share of attention moved into the box, 0..1, not {strength}.")
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    size = pipe.unet.config.sample_size * scale
+    mask = region_mask(box, call_kwargs.get("height") or size, call_kwargs.get("width") or size)
+    pooled: dict[tuple[int, int], torch.Tensor] = {}
+
+    def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
+        if c.size not in pooled:
+            b = pool(mask, c.size).flatten()
+            pooled[c.size] = b / b.sum()
+        b = pooled[c.size].to(p.device)[:, None]  # [query, 1]
+        old = p[..., c.positions]  # [batch, head, query, token]
+        target = old.sum(-2, keepdim=True) * b  # the same mass per token, spread over the box
+        return _set_column(p, c.positions, (1 - strength) * old + strength * target)
+
+    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
+
+
+__all__ = ["reweight", "suppress", "inject", "steer"]
