@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny pipelines built from config (no downloads) and traces made with them.
+
+Pipelines are session-scoped and read-only: tests may trace them (diffviz restores them) but
+must not change their weights or attributes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffviz
+from diffviz.testing import tiny_pipeline
+
+torch.set_num_threads(2)
+PROMPT = "a red circle left of a blue square"
+
+
+def generate(pipe, prompt: str = PROMPT, steps: int = 4, seed: int = 0, **kwargs):
+    """One image from ``pipe`` with a fixed seed, 64x64."""
+    return pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                height=64, width=64, **kwargs).images[0]
+
+
+def _pipe(kind: str, scheduler: str):
+    pipe = tiny_pipeline(kind, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sd_pipe():
+    return _pipe("sd", "ddim")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipe():
+    return _pipe("sdxl", "euler")
+
+
+@pytest.fixture(scope="session", params=["ddim", "euler", "dpm"])
+def sd_pipe_any_scheduler(request):
+    return _pipe("sd", request.param)
+
+
+@pytest.fixture(scope="session")
+def traced(sd_pipe):
+    """(image, trace) of PROMPT on the tiny SD pipeline, 4 DDIM steps, guidance 7.5."""
+    with diffviz.trace(sd_pipe) as tr:
+        image = generate(sd_pipe)
+    return image, tr

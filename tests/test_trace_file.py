@@ -1,0 +1,109 @@
+"""Trace files: exact round trip, and clear refusals of damaged, foreign or future files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+import diffviz
+from diffviz import TraceFileError, load_trace
+
+
+def test_round_trip_is_exact(traced, tmp_path):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    again = load_trace(path)
+    for field in ("prompt", "negative_prompt", "words", "tokens", "layers", "height", "width",
+                  "guidance_scale", "model", "scheduler", "options"):
+        assert getattr(again, field) == getattr(tr, field), field
+    for field in ("timesteps", "alpha_bar", "sigma", "latents", "x0", "noise_cond", "noise_uncond", "image",
+                  "preview_weight"):
+        a, b = getattr(again, field), getattr(tr, field)
+        assert a.dtype == b.dtype and torch.equal(a, b), field
+    assert again.attn.keys() == tr.attn.keys()
+    assert all(torch.equal(again.attn[k], tr.attn[k]) for k in tr.attn)
+    assert torch.equal(again.word_heatmap("red"), tr.word_heatmap("red"))
+    assert [l.name for l in again.layers] == [l.name for l in tr.layers]
+
+
+def test_metadata_is_json_with_a_format_version(traced, tmp_path):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    meta = json.loads(json.loads(path.read_bytes()[8:8 + header_len])["__metadata__"]["diffviz"])
+    assert meta["format"] == "diffviz-trace" and meta["format_version"] == 1
+    assert meta["diffviz_version"] == diffviz.__version__ and meta["prompt"] == tr.prompt
+    assert meta["model"]["unet_config_sha256"] and meta["scheduler"]["name"] == "DDIMScheduler"
+
+
+def test_truncated_file_is_refused(traced, tmp_path):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(TraceFileError, match="not a readable trace file"):
+        load_trace(path)
+
+
+def test_tampered_tensor_is_refused(traced, tmp_path):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # flip bits in the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(TraceFileError, match="changed or damaged"):
+        load_trace(path)
+
+
+def _rewrite_meta(path, change):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = json.loads(f.metadata()["diffviz"]), {k: f.get_tensor(k) for k in f.keys()}
+    change(meta)
+    save_file(tensors, str(path), metadata={"diffviz": json.dumps(meta)})
+
+
+def test_unknown_format_version_is_refused(traced, tmp_path):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    _rewrite_meta(path, lambda m: m.update(format_version=99))
+    with pytest.raises(TraceFileError, match="format version 99.*reads version 1"):
+        load_trace(path)
+
+
+def test_foreign_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(TraceFileError, match="not a diffviz trace"):
+        load_trace(tmp_path / "model.safetensors")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(TraceFileError, match="not a readable trace file"):
+        load_trace(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="no trace file"):
+        load_trace(tmp_path / "missing.dvz")
+
+
+def test_a_failed_save_leaves_the_old_file_intact(traced, tmp_path, monkeypatch):
+    _, tr = traced
+    path = tr.save(tmp_path / "run.dvz")
+    good = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("diffviz.io.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save(path)
+    assert path.read_bytes() == good and list(tmp_path.iterdir()) == [path]
+
+
+def test_an_empty_trace_cannot_be_saved(sd_pipe, tmp_path):
+    with diffviz.trace(sd_pipe) as tr:
+        pass
+    with pytest.raises(ValueError, match="empty"):
+        tr.save(tmp_path / "x.dvz")
