@@ -9,5 +9,14 @@ from .trace import Layer, Token, Trace  # noqa: E402
 
 __all__ = [
     "trace", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
-    "CaptureError", "TraceFileError", "__version__",
+    "CaptureError", "TraceFileError", "explore", "report", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # the figures need plotly and ipywidgets (the "notebooks" extra): import them only when used
+    if name in ("explore", "report"):
+        from . import viz
+
+        return getattr(viz, name)
+    raise AttributeError(f"module 'diffviz' has no attribute {name!r}")

@@ -1,0 +1,165 @@
+"""Building blocks shared by the figures and the explorer: images as PNG, heat maps placed over
+an image, labels for steps, words and layers, and a step slider with a play button.
+
+Every image axis is in image pixels of the trace (x right, y down), whatever resolution a
+picture is drawn at, so an image and a heat map line up cell for cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+
+from .. import heatmap
+from ..trace import Trace
+
+MAX_IMAGE_SIDE = 256  # pictures are stored at most this large (px); a report stays small for 512 px models
+HEAT_COLORS = "Inferno"
+SIGNED_COLORS = "RdBu_r"
+
+
+def one_thread(fn):
+    """Run ``fn`` with torch on one thread. Our tensors are kilobytes: on a busy 2-core machine,
+    waking a second intra-op thread made heat maps 70x slower (2.7 s instead of 35 ms)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapper
+
+
+# ---- pictures --------------------------------------------------------------------------------------
+def png_uri(rgb: torch.Tensor | np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> str:
+    """[H, W, 3] uint8 -> "data:image/png;base64,...", shrunk to at most ``max_side`` pixels a side."""
+    img = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    if max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_trace(trace: Trace, uri: str, name: str) -> go.Image:
+    """A go.Image of a PNG from ``png_uri`` stretched over the trace's image in pixel coordinates."""
+    scale = max(trace.height, trace.width) / min(max(trace.height, trace.width), MAX_IMAGE_SIDE)
+    return go.Image(source=uri, x0=(scale - 1) / 2, y0=(scale - 1) / 2, dx=scale, dy=scale, name=name,
+                    hoverinfo="skip")
+
+
+def final_image(trace: Trace) -> torch.Tensor:
+    """[H, W, 3] uint8: the pipeline's output image, or the preview of the last x0 when it had none."""
+    return trace.image if trace.image is not None else trace.preview(-1)
+
+
+def heat_size(trace: Trace) -> tuple[int, int]:
+    """(h, w) at which heat maps are stored: the attention grid (the browser smooths them to the
+    image); upsampling here would only add bytes."""
+    return heatmap.grid(trace)
+
+
+def heat_trace(trace: Trace, z: torch.Tensor | np.ndarray, *, opacity: float = 0.6, zmax: float = 1.0,
+               colorscale: str = HEAT_COLORS, showscale: bool = False, name: str = "heat map") -> go.Heatmap:
+    """A go.Heatmap of ``z`` [h, w] (any resolution) laid over the trace's image pixels, smoothed
+    bilinearly by the browser."""
+    z = np.asarray(z, dtype=np.float32)
+    dy, dx = trace.height / z.shape[0], trace.width / z.shape[1]
+    return go.Heatmap(z=z, x0=dx / 2 - 0.5, dx=dx, y0=dy / 2 - 0.5, dy=dy, zmin=0, zmax=zmax,
+                      colorscale=colorscale, opacity=opacity, showscale=showscale, name=name, zsmooth="best",
+                      hovertemplate="x %{x:.0f} px, y %{y:.0f} px<br>attention %{z:.3f}<extra></extra>")
+
+
+def image_axes(fig: go.Figure, trace: Trace, row: int | None = None, col: int | None = None) -> None:
+    """Image-pixel axes for an image subplot (see ``pixel_axes``)."""
+    pixel_axes(fig, trace.height, trace.width, row, col)
+
+
+def pixel_axes(fig: go.Figure, h: int, w: int, row: int | None = None, col: int | None = None) -> None:
+    """Axes for an [h, w] picture: fixed range, y down, square cells, no ticks. No row/col: every axis."""
+    kw = {} if row is None else dict(row=row, col=col)
+    anchor = "x" if row is None else "x" + fig.get_subplot(row, col).xaxis.plotly_name.removeprefix("xaxis")
+    fig.update_xaxes(range=[-0.5, w - 0.5], showticklabels=False, showgrid=False, zeroline=False,
+                     constrain="domain", **kw)
+    fig.update_yaxes(range=[h - 0.5, -0.5], showticklabels=False, showgrid=False, zeroline=False,
+                     scaleanchor=anchor, scaleratio=1, constrain="domain", **kw)
+
+
+# ---- heat maps over steps ----------------------------------------------------------------------------
+def step_maps(trace: Trace, words: str | int | Sequence[str | int], *, layers=None, heads=None,
+              uncond: bool = False) -> torch.Tensor:
+    """[step, h, w] float32 on the attention grid: the words' attention at every step (unnormalised,
+    attention probability), so one colour scale over all steps shows when a word is strong."""
+    return heatmap.per_step(trace, trace.token_indices(words), trace.step_indices(), trace.layer_names(layers),
+                            heads, uncond)
+
+
+# ---- labels --------------------------------------------------------------------------------------------
+def step_label(trace: Trace, step: int) -> str:
+    return f"step {step} (t={float(trace.timesteps[step]):g})"
+
+
+def word_labels(trace: Trace) -> list[str]:
+    """One label per entry of ``trace.words``; a repeated word gets its occurrence ("a", "a #2")."""
+    seen: dict[str, int] = {}
+    out = []
+    for w in trace.words:
+        seen[w] = seen.get(w, 0) + 1
+        out.append(w if seen[w] == 1 else f"{w} #{seen[w]}")
+    return out
+
+
+def words_title(trace: Trace, words: str | int | Sequence[str | int]) -> str:
+    picked = [words] if isinstance(words, (str, int)) else list(words)
+    labels = word_labels(trace)
+    return " + ".join(f"“{labels[w]}”" if isinstance(w, int) else f"“{w}”" for w in picked)
+
+
+def layer_label(name: str) -> str:
+    """"up_blocks.1.attentions.0.transformer_blocks.0.attn2" -> "up 1.0.0"; "mid_block..." -> "mid 0.0"."""
+    parts = name.split(".")
+    block = parts[0].removesuffix("_blocks").removesuffix("_block")
+    nums = [p for p in parts[1:] if p.isdigit()]
+    return f"{block} {'.'.join(nums)}"
+
+
+def unet_order(trace: Trace) -> list[int]:
+    """Indices into ``trace.layers`` in the order the U-Net runs them: down, mid, up."""
+    rank = {"down": 0, "mid": 1, "up": 2}
+    return sorted(range(len(trace.layers)),
+                  key=lambda i: (rank.get(layer_label(trace.layers[i].name).split()[0], 3), i))
+
+
+def default_word(trace: Trace) -> int:
+    """Index of the word that receives the most attention over the whole generation."""
+    return int(heatmap.word_mass(trace).sum(0).argmax())
+
+
+# ---- animation -------------------------------------------------------------------------------------------
+def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300) -> go.Figure:
+    """Attach ``frames`` (one per step, named "0", "1", ...) with a step slider and a play/pause button.
+    A frame may carry a ``layout`` (e.g. a title naming the timestep) that is applied with it."""
+    fig.frames = frames
+    start = min(0.5, 240 / (fig.layout.width or 700))  # leave room for the two buttons
+    play = dict(frame=dict(duration=duration_ms, redraw=True), fromcurrent=True, transition=dict(duration=0))
+    still = dict(frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0))
+    fig.update_layout(
+        updatemenus=[dict(type="buttons", direction="left", x=0, y=0, xanchor="left", yanchor="top",
+                          pad=dict(t=45, r=10), showactive=False, buttons=[
+                              dict(label="▶ play", method="animate", args=[None, play]),
+                              dict(label="❚❚ pause", method="animate", args=[[None], still])])],
+        sliders=[dict(active=0, x=start, len=1 - start, y=0, yanchor="top", pad=dict(t=30),
+                      currentvalue=dict(prefix="step ", visible=True, xanchor="left"),
+                      steps=[dict(label=f.name, method="animate", args=[[f.name], still]) for f in frames])],
+    )
+    return fig

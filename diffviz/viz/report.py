@@ -1,0 +1,107 @@
+"""``report(trace, path)``: one self-contained HTML file with the main figures of a trace.
+
+plotly.js is inlined once (about 4.8 MB) and pictures are PNG data URIs, so the file opens from
+disk with no network: classrooms are often offline.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from plotly.offline import get_plotlyjs
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..trace import Trace
+from . import _draw as d
+from . import figures
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1040px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.meta { color: #555; } .meta td { padding: 0 1.5em 0 0; } .lead { display: flex; gap: 2em; align-items: center; }
+.lead img { width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }
+.note { color: #444; max-width: 60em; }
+"""
+
+
+@d.one_thread
+def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae: torch.nn.Module | None = None,
+           progress: bool = False) -> Path:
+    """Write one self-contained HTML report of ``trace`` to ``path``; returns the path.
+
+    Sections: denoising (animated), where each word looks, when each word matters, where in the
+    U-Net ``word`` acts (default: the word with the most attention), classifier-free guidance (when
+    the trace has it), noise schedule and the final latent's channels. ``vae``: decode predicted x0
+    exactly instead of the fast preview. ``progress``: a progress bar over the sections.
+    """
+    path = Path(path)
+    if trace.num_steps == 0:
+        raise ValueError("this trace is empty: nothing was generated inside its `with diffviz.trace(pipe)` block.")
+    word = d.default_word(trace) if word is None else trace.word_indices(word)[0]
+    label = d.word_labels(trace)[word]
+    sections = [
+        ("Denoising, step by step",
+         f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy latent "
+         f"it was given. Right: where “{label}” sent its information at that step. Press play.",
+         lambda: figures.denoising(trace, word, vae=vae)),
+        ("Where each word looks",
+         "Each word's cross-attention, averaged over all steps and layers, over the final image. Bright: the "
+         "pixels that read this word.", lambda: figures.word_grid(trace)),
+        ("When each word matters",
+         "Each word's share of the attention the prompt's words receive, per step. Words that act early shape "
+         "the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
+        (f"Where in the U-Net “{label}” acts",
+         "One row per cross-attention layer, in the order the U-Net runs them (coarse layers in the middle).",
+         lambda: figures.layer_step(trace, word)),
+    ]
+    if trace.noise_uncond is not None:
+        sections.append((
+            "What guidance does",
+            f"The model predicts the noise twice: without the prompt and with it. Their difference is what the "
+            f"prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance scale).",
+            lambda: figures.guidance(trace)))
+    sections += [
+        ("Noise schedule", "How much noise is left at each step: sigma falls to zero, alpha-bar rises to one.",
+         lambda: figures.schedule(trace)),
+        ("The final latent", "The image the VAE decodes lives in these latent channels.",
+         lambda: figures.channels(trace, -1)),
+    ]
+    parts = []
+    for i, (title, note, make) in enumerate(tqdm(sections, desc="report", unit="figure", disable=not progress)):
+        parts.append(f"<h2>{html.escape(title)}</h2>\n<p class='note'>{html.escape(note)}</p>\n"
+                     + _figure_html(make(), f"fig{i}"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_page(trace, parts), encoding="utf-8")
+    return path
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, auto_play=False,
+                       config=dict(displaylogo=False, responsive=True))
+
+
+def _page(trace: Trace, parts: list[str]) -> str:
+    rows = [("prompt", trace.prompt), ("negative prompt", trace.negative_prompt or "(none)"),
+            ("model", trace.model.get("name") or trace.model.get("pipeline", "?")),
+            ("scheduler", f"{trace.scheduler.get('name', '?')}, {trace.num_steps} steps"),
+            ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"),
+            ("captured", f"{len(trace.layers)} cross-attention layers, {len(trace.tokens)} tokens")]
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>diffviz: {html.escape(trace.prompt)}</title>
+<style>{STYLE}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>“{html.escape(trace.prompt)}”</h1>
+<div class="lead"><img alt="generated image" src="{d.png_uri(d.final_image(trace))}">
+<table class="meta">{table}</table></div>
+{chr(10).join(parts)}
+<p class="meta">Made with diffviz {__version__}. Works offline: everything is in this file.</p>
+</body></html>
+"""
