@@ -29,7 +29,8 @@ def scheduler(name: str = "ddim"):
     """A scheduler with Stable Diffusion's noise schedule: "ddim", "euler" or "dpm" (DPM-Solver++)."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, not {name!r}.")
-    kw = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    kw = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+              steps_offset=1)
     if name == "ddim":
         kw |= dict(clip_sample=False, set_alpha_to_one=False)
     return SCHEDULERS[name](**kw)
