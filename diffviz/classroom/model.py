@@ -1,0 +1,105 @@
+"""The classroom model: real diffusers/transformers components, built from config, as a StableDiffusionPipeline.
+
+Shapes at the default size: image ``[3, 32, 32]`` -> latents ``[4, 8, 8]`` (AutoencoderKL, 4x down);
+prompt -> ``[77, 64]`` token states (CLIPTextModel with no transformer layers: each token is its own
+embedding plus a position embedding, so a word's attention map is about that word alone);
+UNet2DConditionModel with cross-attention at 8x8 and 4x4 and no spatial self-attention.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .data import IMAGE_SIZE, vocabulary
+from .tokenizer import build_tokenizer, unknown_words
+
+WEIGHTS = Path(__file__).parent / "weights"
+TEXT_DIM = 64
+MAX_TOKENS = 77  # as Stable Diffusion
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
+)
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=16,
+    cross_attention_dim=TEXT_DIM,
+    attention_head_dim=(4, 8),  # diffusers reads this as the number of heads: 16 channels per head
+    only_cross_attention=True,  # attn1 also reads the prompt: no pixel-to-pixel attention to smear word maps
+    mid_block_type=None,  # no attention at the coarsest level
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
+    prediction_type="epsilon",
+)
+
+
+def tokenizer():
+    """The classroom ``CLIPTokenizer``: each vocabulary word is one token; other words split into characters."""
+    return build_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
+
+
+def build_components(seed: int = 0) -> dict:
+    """Fresh, randomly initialised components (the same for the same ``seed``)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    text_config = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM, num_hidden_layers=0,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_DIM,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return dict(
+        vae=AutoencoderKL(**VAE_CONFIG),
+        text_encoder=CLIPTextModel(text_config),
+        tokenizer=tok,
+        unet=UNet2DConditionModel(**UNET_CONFIG),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+    )
+
+
+def assemble(components: dict):
+    """A ``StableDiffusionPipeline`` from ``build_components``-style parts (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """The trained classroom ``StableDiffusionPipeline``, loaded offline (from the package by default).
+
+    ``pipe("a red circle left of a green triangle", num_inference_steps=25).images[0]`` is a 32x32 PIL image.
+    ``pipe.tokenizer`` splits a word outside ``vocabulary()`` into characters; ``unknown(pipe, prompt)``
+    names such words.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    path = Path(path) if path is not None else WEIGHTS
+    if not (path / "model_index.json").exists():
+        raise FileNotFoundError(f"no classroom model at {path}; train one with `python -m diffviz.classroom.train`")
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False)
+    finally:
+        dlogging.set_verbosity(verbosity)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def unknown(pipe, prompt: str) -> list[str]:
+    """Words of ``prompt`` the pipeline's tokenizer does not know as a single token (the model never saw them)."""
+    return unknown_words(pipe.tokenizer, prompt)
