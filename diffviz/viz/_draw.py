@@ -51,6 +51,12 @@ def png_uri(rgb: torch.Tensor | np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> s
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def png_array(uri: str) -> np.ndarray:
+    """The inverse of ``png_uri``: [H, W, 3] uint8 from a PNG data URI."""
+    data = base64.b64decode(uri.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def image_trace(trace: Trace, uri: str, name: str) -> go.Image:
     """A go.Image of a PNG from ``png_uri`` stretched over the trace's image in pixel coordinates."""
     scale = max(trace.height, trace.width) / min(max(trace.height, trace.width), MAX_IMAGE_SIDE)
