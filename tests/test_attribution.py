@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,16 @@ from diffviz.attribution import _StepModel, agreement, attribute, region_attenti
 
 from .conftest import PROMPT, generate
 from .test_capture import assert_same, snapshot
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: these are many tiny ops, and on a shared 2-core machine a second intra-op
+    thread made them about 5x slower (measured: IG/saliency 3.1 s -> 0.6 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +126,18 @@ def test_bad_requests_are_refused_with_the_allowed_values(sd_pipe, traced):
     with pytest.raises(IndexError, match="4 steps"):
         attribute(sd_pipe, tr, 9)
     assert PROMPT == tr.prompt
+
+
+def test_figures(sd_pipe, traced):
+    from diffviz.viz import why
+
+    tr = traced[1]
+    a = attribute(sd_pipe, tr, 3, (0, 0, 32, 64), method="input_x_gradient", word="circle")
+    g = agreement(tr, a)
+    for fig in (why.attribution_bars(a), why.attention_vs_attribution(g), why.word_attribution(tr, a)):
+        assert fig.to_json() and fig.layout.title.text
+    bars = why.attribution_bars(a).data[0]
+    assert list(bars.x)[:3] == ["a", "red", "circle"] and np.allclose(bars.y, a.word_scores.numpy())
+    assert "Spearman" in why.attention_vs_attribution(g).layout.title.text
+    with pytest.raises(ValueError, match="word="):
+        why.word_attribution(tr, attribute(sd_pipe, tr, 3, method="saliency"))

@@ -16,6 +16,16 @@ from .test_capture import assert_same, snapshot
 
 KW = dict(num_inference_steps=4, height=64, width=64)
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: these are many tiny ops, and on a shared 2-core machine a second intra-op
+    thread made them about 5x slower (measured: IG/saliency 3.1 s -> 0.6 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 def word_maps(tr, word, layer=None):
     """[step, head, token, h, w] float32 attention of ``word`` in ``layer`` (default: the first)."""
