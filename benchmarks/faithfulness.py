@@ -1,0 +1,203 @@
+"""Does attention explain the classroom model's images? Interventions and attributions, measured.
+
+    python benchmarks/faithfulness.py [--weights DIR] [--prompts 20] [--seeds 2] [--json out.json]
+
+On two-object prompts that training never used (``held_out_prompts()``), for every object the judge
+finds in the plain image (its pixels are the object's region), prints:
+
+- suppression: suppressing (``diffviz.edit.suppress``) the word with the most attention inside the
+  region changes the region (mean |RGB difference|) more than suppressing a different word of the
+  prompt: share over all (region, other word) pairs, i.e. the success rate against a different word
+  drawn at random; and the share of regions where it is the word whose suppression changes the most.
+- agreement: Spearman rank correlation over the prompt's words, per region, between attention inside
+  the region (all steps, all attn2 layers) and integrated-gradients attribution of the predicted x0
+  in the region at step ``--attr-step``; and how well each ranks the words by their measured
+  suppression effect. Per word kind (colour, shape, "a", relation): Spearman over regions.
+- box steering (``diffviz.edit.steer``): share of images in which the object lands in a random box
+  (judge: an object of the asked colour and shape whose centre is inside), against the same seeds
+  without steering. Single-object prompts and the first object of two-object prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import diffviz  # noqa: E402
+from diffviz import edit  # noqa: E402
+from diffviz.attribution import agreement, attribute, region_attention, spearman  # noqa: E402
+from diffviz.classroom import data, judge  # noqa: E402
+
+
+def kind_of(word: str) -> str:
+    if word in data.COLOURS:
+        return "colour"
+    if word in data.SHAPES:
+        return "shape"
+    if word in data.SIZES:
+        return "size"
+    return "a" if word == "a" else "relation"
+
+
+def rgb(image) -> np.ndarray:
+    """PIL image -> [H, W, 3] float in [0, 1]."""
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                              attr_step: int, ig_steps: int) -> dict:
+    pairs_won = pairs = top_is_max = regions = missing = 0
+    rho_att_attr, rho_att_sup, rho_attr_sup = [], [], []
+    by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)  # kind -> (attention share, attribution share)
+    top_kinds: dict[str, int] = defaultdict(int)
+    for prompt in prompts:
+        for seed in seeds:
+            with diffviz.trace(pipe) as tr:
+                plain = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                             generator=torch.Generator().manual_seed(seed)).images[0]
+            verdict = judge.judge(prompt, plain)
+            found = [m for m in verdict["matched"] if m is not None]
+            missing += len(verdict["matched"]) - len(found)
+            if not found:
+                continue
+            base = rgb(plain)
+            n_words = len(tr.words)
+            suppressed = [rgb(edit.suppress(pipe, prompt, w, seed=seed, num_inference_steps=steps,
+                                            guidance_scale=guidance)[0]) for w in range(n_words)]
+            for obj in found:
+                mask = torch.from_numpy(obj.mask)
+                att = region_attention(tr, mask)
+                change = torch.tensor([np.abs(s - base)[obj.mask].mean() for s in suppressed])
+                top = int(att.argmax())
+                top_kinds[kind_of(tr.words[top])] += 1
+                others = [w for w in range(n_words) if w != top]
+                pairs_won += sum(bool(change[top] > change[o]) for o in others)
+                pairs += len(others)
+                top_is_max += int(change.argmax()) == top
+                regions += 1
+                a = attribute(pipe, tr, attr_step, mask, n_steps=ig_steps)
+                g = agreement(tr, a, steps=slice(None))  # attention over all steps, as att above
+                rho_att_attr.append(g.spearman)
+                rho_att_sup.append(spearman(att, change))
+                rho_attr_sup.append(spearman(a.word_scores, change))
+                att_share = att / att.sum()
+                attr_share = a.word_scores / a.word_scores.abs().sum().clamp_min(1e-12)
+                for w in range(n_words):
+                    by_kind[kind_of(tr.words[w])].append((float(att_share[w]), float(attr_share[w])))
+    mean = lambda xs: float(np.nanmean(xs)) if xs else float("nan")  # noqa: E731
+    return {
+        "regions": regions, "objects_not_found": missing,
+        "top_word_beats_other_word": pairs_won / max(pairs, 1), "pairs": pairs,
+        "top_word_changes_most": top_is_max / max(regions, 1), "top_word_kinds": dict(top_kinds),
+        "spearman_attention_vs_attribution_mean": mean(rho_att_attr),
+        "spearman_attention_vs_attribution_median": float(np.nanmedian(rho_att_attr)) if rho_att_attr else float("nan"),
+        "spearman_attention_vs_suppression_mean": mean(rho_att_sup),
+        "spearman_attribution_vs_suppression_mean": mean(rho_attr_sup),
+        "spearman_per_word_kind": {k: spearman(torch.tensor([a for a, _ in v]), torch.tensor([b for _, b in v]))
+                                   for k, v in by_kind.items()},
+    }
+
+
+def object_of(prompt: str, index: int) -> tuple[list[int], dict]:
+    """Word indices describing object ``index`` of ``prompt``, and its wanted {shape, colour, size}."""
+    words = [i for i, (_, obj) in enumerate(data.word_objects(prompt)) if obj == index]
+    return words, data.parse_caption(prompt)[0][index]
+
+
+def random_box(rng: np.random.Generator, side: int, size: int = data.IMAGE_SIZE) -> tuple[int, int, int, int]:
+    x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+    return x, y, x + side, y + side
+
+
+def lands_in(image, wanted: dict, box: tuple[int, int, int, int]) -> bool:
+    x0, y0, x1, y1 = box
+    return any(f.shape == wanted["shape"] and wanted["colour"] in (None, f.colour)
+               and x0 <= f.centre[0] <= x1 and y0 <= f.centre[1] <= y1 for f in judge.find_objects(image))
+
+
+def steering(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, strength: float,
+             steer_steps: float, box_side: int) -> dict:
+    rng = np.random.default_rng(0)
+    hits = base_hits = n = 0
+    for prompt in prompts:
+        words, wanted = object_of(prompt, 0)
+        for seed in seeds:
+            box = random_box(rng, box_side)
+            kw = dict(num_inference_steps=steps, guidance_scale=guidance)
+            img, _ = edit.steer(pipe, prompt, words, box, strength=strength,
+                                steps=slice(0, max(1, round(steer_steps * steps))), seed=seed, **kw)
+            plain = pipe(prompt, generator=torch.Generator().manual_seed(seed), **kw).images[0]
+            hits += lands_in(img, wanted, box)
+            base_hits += lands_in(plain, wanted, box)
+            n += 1
+    return {"steered": hits / max(n, 1), "unsteered": base_hits / max(n, 1), "n": n}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=None, help="a save_pretrained folder (default: the shipped model)")
+    ap.add_argument("--random", action="store_true", help="an untrained classroom model (checks the plumbing)")
+    ap.add_argument("--prompts", type=int, default=20, help="two-object prompts")
+    ap.add_argument("--singles", type=int, default=12, help="single-object prompts for box steering")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--attr-step", type=int, default=4, help="denoising step whose x0 is attributed")
+    ap.add_argument("--ig-steps", type=int, default=16)
+    ap.add_argument("--strength", type=float, default=0.9, help="box steering: share of attention moved")
+    ap.add_argument("--steer-steps", type=float, default=0.5, help="box steering: first fraction of steps")
+    ap.add_argument("--box", type=int, default=12, help="box side in pixels (the image is 32)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    if args.random:
+        from diffviz.classroom.model import assemble, build_components
+
+        pipe = assemble(build_components(0))
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = diffviz.classroom.load_pipeline(args.weights)
+    singles, twos = data.held_out_prompts()
+    twos, singles = twos[: args.prompts], singles[: args.singles]
+    seeds = list(range(args.seeds))
+    sup = suppression_and_agreement(pipe, twos, seeds, args.steps, args.guidance, args.attr_step, args.ig_steps)
+    box_single = steering(pipe, singles, seeds, args.steps, args.guidance, args.strength, args.steer_steps, args.box)
+    box_two = steering(pipe, twos, seeds, args.steps, args.guidance, args.strength, args.steer_steps, args.box)
+    report = {"weights": "random" if args.random else str(args.weights or "package"), **vars(args),
+              "suppression_and_agreement": sup, "steer_single": box_single, "steer_two": box_two,
+              "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
+    print(f"{len(twos)} two-object prompts x {len(seeds)} seeds, {args.steps} steps, guidance {args.guidance:g}; "
+          f"{sup['regions']} object regions ({sup['objects_not_found']} objects not drawn)")
+    print(f"suppressing the most-attended word changes its region more than a different word: "
+          f"{sup['top_word_beats_other_word']:.1%} of {sup['pairs']} pairs; it is the most-changing word in "
+          f"{sup['top_word_changes_most']:.1%} of regions (top words by kind: {sup['top_word_kinds']})")
+    print(f"Spearman attention vs IG attribution (x0 at step {args.attr_step}), per region: mean "
+          f"{sup['spearman_attention_vs_attribution_mean']:+.2f}, median "
+          f"{sup['spearman_attention_vs_attribution_median']:+.2f}")
+    print(f"ranking words by suppression effect, Spearman: attention {sup['spearman_attention_vs_suppression_mean']:+.2f}, "
+          f"IG attribution {sup['spearman_attribution_vs_suppression_mean']:+.2f}")
+    print("Spearman attention share vs attribution share per word kind: "
+          + ", ".join(f"{k} {v:+.2f}" for k, v in sup["spearman_per_word_kind"].items()))
+    print(f"box steering ({args.box}px box, strength {args.strength}, first {args.steer_steps:.0%} of steps): "
+          f"single objects land in the box {box_single['steered']:.1%} (unsteered {box_single['unsteered']:.1%}, "
+          f"n={box_single['n']}); first of two objects {box_two['steered']:.1%} (unsteered "
+          f"{box_two['unsteered']:.1%}, n={box_two['n']})")
+    print(f"{report['seconds']:.0f} s on {torch.get_num_threads()} CPU thread(s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
