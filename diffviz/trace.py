@@ -80,6 +80,13 @@ class Trace:
             return self.noise_cond
         return self.noise_uncond + self.guidance_scale * (self.noise_cond - self.noise_uncond)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the trace's tensors (what a saved file costs, to a few kB of metadata)."""
+        tensors = [self.timesteps, self.alpha_bar, self.sigma, self.latents, self.x0, self.noise_cond,
+                   self.noise_uncond, self.image, self.preview_weight, *self.attn.values(), *self.attn_uncond.values()]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
     def __repr__(self) -> str:
         kept = "all heads" if self.options.get("heads") else "head mean"
         return (

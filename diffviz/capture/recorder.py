@@ -138,15 +138,14 @@ class Recorder:
 
     def keep(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor,
              probs: torch.Tensor | None) -> None:
-        """Called by each attn2 processor: q [b, head, query, dim], k [b, head, token, dim]."""
+        """Called by each attn2 processor with q [b, head, query, dim], k [b, head, token, dim] (or
+        the edited probs). Only references are kept: no torch call here, the maths waits for the step end."""
         if self.state != "running":
             return
-        halves = slice(None) if self.uncond else slice(-1, None)
         if probs is not None:
-            self.pending[("probs", tuple(probs.shape))].append((layer, probs[halves], None, None))
+            self.pending[("probs", probs.shape)].append((layer, probs, None))
         else:
-            group = (tuple(query.shape), tuple(key.shape), attn.scale)
-            self.pending[group].append((layer, query[halves], key[halves], attn.scale))
+            self.pending[(query.shape, key.shape, attn.scale)].append((layer, query, key))
 
     def step(self, original, *args, **kwargs):
         """Wraps ``scheduler.step``: records the step, returns exactly what the scheduler returned."""
@@ -204,6 +203,7 @@ class Recorder:
                 "fewer steps or a smaller image; or raise max_bytes."
             )
         self.sizes = {n: level_size(self.latent, lv) for n, lv in self.levels.items()}
+        self._positions: dict[torch.device, torch.Tensor] = {}
         timesteps = sched.timesteps.detach().cpu()  # one host sync per generation, none per step
         first = (timesteps == torch.as_tensor(self._t_of_first_call).cpu()).nonzero()
         self.expected_steps = len(timesteps) - (int(first[0]) if len(first) else 0)
@@ -263,25 +263,30 @@ class Recorder:
 
     def _attention_of_step(self) -> None:
         """Turn this step's queued q/k into maps: one matmul + softmax per group of equal shapes."""
-        idx = torch.tensor(self.positions)
+        half = slice(None) if self.uncond else slice(-1, None)  # batch is [uncond, cond] under guidance
         for group, items in self.pending.items():
             if group[0] == "probs":
-                probs = torch.stack([p for _, p, _, _ in items])  # [layer, b, head, query, token]
+                probs = torch.stack([p for _, p, _ in items])[:, half]  # [layer, b, head, query, token]
             else:
-                q = torch.stack([q for _, q, _, _ in items])
-                k = torch.stack([k for _, _, k, _ in items])
-                probs = ((q.float() @ k.float().transpose(-1, -2)) * items[0][3]).softmax(-1)
-            probs = probs[..., idx.to(probs.device)]
+                q = torch.stack([q for _, q, _ in items])[:, half]
+                k = torch.stack([k for _, _, k in items])[:, half]
+                probs = ((q @ k.transpose(-1, -2)).float() * group[2]).softmax(-1)
+            probs = probs[..., self.positions_on(probs.device)]
             if not self.heads:
                 probs = probs.mean(2, keepdim=True)
             probs = probs.to(ATTN_DTYPE).transpose(-1, -2)  # [layer, b, head, token, query]
             for (name, *_), p in zip(items, probs):
-                h, w = self.sizes[name]
-                p = p.unflatten(-1, (h, w))
+                p = p.unflatten(-1, self.sizes[name])
                 self.maps[name].append(p[-1])
                 if self.uncond and p.shape[0] == 2:
                     self.maps_uncond[name].append(p[0])
         self.pending.clear()
+
+    def positions_on(self, device: torch.device) -> torch.Tensor:
+        """The stored token positions as an index tensor on ``device`` (made once per device)."""
+        if device not in self._positions:
+            self._positions[device] = torch.tensor(self.positions, device=device)
+        return self._positions[device]
 
     def finish_early(self) -> None:
         """Keep the steps recorded so far when a generation stopped before its last step."""
