@@ -52,19 +52,21 @@ def _patched(obj, name: str, value) -> Iterator[None]:
 
 @contextmanager
 def trace(pipe, *, layers: str | Sequence[str] | None = None, heads: bool = False, uncond: bool = False,
-          tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Trace]:
+          tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None) -> Iterator[Trace]:
     """Record the next generation of ``pipe`` into the yielded Trace.
 
     ``layers``: attn2 layers to capture, by name prefix ("up_blocks.1") or block ("down", "mid", "up");
     None = all. ``heads``: keep every head instead of their mean. ``uncond``: also keep the
     unconditional half. ``tokens``: "prompt" (word tokens), "special" (plus start and end) or "all"
-    (the whole context). ``max_bytes``: refuse a capture estimated to need more.
+    (the whole context). ``max_bytes``: refuse a capture estimated to need more. ``edit``: a function
+    (layer, probs [batch, head, query, token]) -> probs applied in every captured layer (see diffviz.edit);
+    the trace then records the edited attention.
     """
     check_pipeline(pipe)
     rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes)
     rec.original_step = pipe.scheduler.step
     with ExitStack() as stack:
-        stack.enter_context(attn2_processors(pipe, sink=rec, layers=layers))
+        stack.enter_context(attn2_processors(pipe, sink=rec, edit=edit, layers=layers))
         hooks = [
             rec.text_encoder.register_forward_pre_hook(rec.on_text_encoder, with_kwargs=True),
             pipe.unet.register_forward_pre_hook(rec.on_unet_input, with_kwargs=True),
