@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import diffviz  # noqa: E402
-from diffviz import edit  # noqa: E402
-from diffviz.attribution import agreement, attribute, region_attention, spearman  # noqa: E402
-from diffviz.classroom import data, judge  # noqa: E402
+import diffviz
+from diffviz import edit
+from diffviz.attribution import agreement, attribute, region_attention, spearman
+from diffviz.classroom import data, judge
 
 
 def kind_of(word: str) -> str:
@@ -93,7 +93,7 @@ def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps:
                 attr_share = a.word_scores / a.word_scores.abs().sum().clamp_min(1e-12)
                 for w in range(n_words):
                     by_kind[kind_of(tr.words[w])].append((float(att_share[w]), float(attr_share[w])))
-    mean = lambda xs: float(np.nanmean(xs)) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: float(np.nanmean(xs)) if xs else float("nan")
     return {
         "regions": regions, "objects_not_found": missing,
         "top_word_beats_other_word": pairs_won / max(pairs, 1), "pairs": pairs,

@@ -20,9 +20,9 @@ also for float16 pipelines (cast for the call, cast back exactly afterwards).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -323,7 +323,7 @@ class Agreement:
 
     def ranks(self) -> tuple[list[str], list[str]]:
         """(words by attention, words by attribution), highest first."""
-        by = lambda s: [self.words[i] for i in s.argsort(descending=True).tolist()]  # noqa: E731
+        by = lambda s: [self.words[i] for i in s.argsort(descending=True).tolist()]
         return by(self.attention), by(self.attribution)
 
 
@@ -356,5 +356,15 @@ def agreement(trace: Trace, attribution: Attribution, *, steps=None, layers=None
     return Agreement([trace.words[i] for i in idx], a, b, spearman(a, b))
 
 
-__all__: list[str] = ["attribute", "Attribution", "agreement", "Agreement", "region_attention", "region_mask",
-                      "pool", "spearman", "METHODS", "TARGETS"]
+__all__: list[str] = [
+    "METHODS",
+    "TARGETS",
+    "Agreement",
+    "Attribution",
+    "agreement",
+    "attribute",
+    "pool",
+    "region_attention",
+    "region_mask",
+    "spearman",
+]

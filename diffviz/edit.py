@@ -15,14 +15,15 @@ prefix ("up_blocks.1"), block ("down", "mid", "up") or resolution ("8x8").
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .attribution import Region, pool, region_mask
-from .capture import Attn2Processor, trace as trace_ctx
+from .capture import Attn2Processor
+from .capture import trace as trace_ctx
 from .capture.recorder import attn2_layers
 from .pipelines import check_pipeline
 from .trace import Trace
@@ -285,4 +286,4 @@ def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9,
     return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
 
 
-__all__ = ["reweight", "suppress", "inject", "steer"]
+__all__ = ["inject", "reweight", "steer", "suppress"]

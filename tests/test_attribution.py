@@ -12,6 +12,7 @@ from diffviz.attribution import _StepModel, agreement, attribute, region_attenti
 from .conftest import PROMPT, generate
 from .test_capture import assert_same, snapshot
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread: these are many tiny ops, and on a shared 2-core machine a second intra-op

@@ -112,4 +112,4 @@ def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> g
     return fig.update_layout(title=f"“{a.word}”: {_what(a)}", width=820, height=440)
 
 
-__all__ = ["attribution_bars", "attention_vs_attribution", "word_attribution"]
+__all__ = ["attention_vs_attribution", "attribution_bars", "word_attribution"]
