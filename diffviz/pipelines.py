@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -25,15 +26,26 @@ def check_pipeline(pipe) -> torch.nn.Module:
     return unet
 
 
-def load_pipeline(path: str | Path, device: str | torch.device | None = None,
+MODEL_ENV = "DIFFVIZ_MODEL"
+
+
+def load_pipeline(path: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None):
     """Load a diffusers pipeline saved in the local folder ``path`` (never downloads).
 
+    With no ``path``: the folder named by the environment variable ``DIFFVIZ_MODEL`` if it is set,
+    else the bundled classroom model (on the CPU) — the one switch the notebooks use.
     ``device``: default "cuda" when available, else "cpu". ``dtype``: default float16 on CUDA,
     float32 on CPU (half precision is slow or unsupported there).
     """
     from diffusers import DiffusionPipeline
 
+    if path is None:
+        path = os.environ.get(MODEL_ENV) or None
+        if path is None:
+            from .classroom import load_pipeline as classroom
+
+            return classroom(device=device or "cpu")
     folder = Path(path).expanduser()
     index = folder / "model_index.json"
     if not folder.is_dir():

@@ -27,3 +27,13 @@ def test_missing_folder_says_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         diffviz.load_pipeline(tmp_path / "empty")
+
+
+def test_no_path_follows_the_environment_switch(sd_pipe, tmp_path, monkeypatch):
+    sd_pipe.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setenv("DIFFVIZ_MODEL", str(tmp_path / "ckpt"))
+    pipe = diffviz.load_pipeline(device="cpu")
+    assert pipe.unet.config.block_out_channels == sd_pipe.unet.config.block_out_channels
+    monkeypatch.setenv("DIFFVIZ_MODEL", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        diffviz.load_pipeline()
