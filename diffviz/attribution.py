@@ -20,6 +20,7 @@ also for float16 pipelines (cast for the call, cast back exactly afterwards).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -276,7 +277,9 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
                 return score(model.prediction(*model.encode(*ids)))
 
             layers = [e.get_input_embeddings() for e in model.encoders]  # token embeddings
-            ig = LayerIntegratedGradients(forward_ids, layers if len(layers) > 1 else layers[0])
+            with warnings.catch_warnings():  # SDXL: two encoders' embeddings, independent as captum asks
+                warnings.filterwarnings("ignore", message="Multiple layers provided")
+                ig = LayerIntegratedGradients(forward_ids, layers if len(layers) > 1 else layers[0])
             attr, d = ig.attribute(tuple(model.ids), baselines=tuple(base_ids), n_steps=n_steps,
                                    internal_batch_size=internal_batch_size, return_convergence_delta=True)
             parts = attr if isinstance(attr, list) else [attr]
