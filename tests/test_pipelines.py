@@ -33,7 +33,7 @@ def test_no_path_follows_the_environment_switch(sd_pipe, tmp_path, monkeypatch):
     sd_pipe.save_pretrained(tmp_path / "ckpt")
     monkeypatch.setenv("DIFFVIZ_MODEL", str(tmp_path / "ckpt"))
     pipe = diffviz.load_pipeline(device="cpu")
-    assert pipe.unet.config.block_out_channels == sd_pipe.unet.config.block_out_channels
+    assert list(pipe.unet.config.block_out_channels) == list(sd_pipe.unet.config.block_out_channels)
     monkeypatch.setenv("DIFFVIZ_MODEL", str(tmp_path / "elsewhere"))
     with pytest.raises(FileNotFoundError, match="no model folder"):
         diffviz.load_pipeline()
