@@ -115,6 +115,11 @@ def step_label(trace: Trace, step: int) -> str:
     return f"step {step} (t={float(trace.timesteps[step]):g})"
 
 
+def step_tick(trace: Trace) -> int:
+    """Distance between step ticks on a step axis: whole steps, about ten ticks."""
+    return max(1, -(-trace.num_steps // 10))
+
+
 def word_labels(trace: Trace) -> list[str]:
     """One label per entry of ``trace.words``; a repeated word gets its occurrence ("a", "a #2")."""
     seen: dict[str, int] = {}

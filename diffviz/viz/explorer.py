@@ -91,11 +91,12 @@ class Explorer(widgets.VBox):
         for label, ys in zip(d.word_labels(tr), share):
             fig.add_trace(go.Scatter(x=list(range(tr.num_steps)), y=ys, name=label, mode="lines",
                                      hovertemplate=f"{label}: %{{y:.1f}}%<extra>step %{{x}}</extra>"), row=2, col=1)
-        fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, tr.num_steps - 0.5], row=2, col=1)
+        fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, tr.num_steps - 0.5],
+                         dtick=d.step_tick(tr), row=2, col=1)
         fig.update_yaxes(title_text="% of word attention", rangemode="tozero", row=2, col=1)
         fig.add_vline(x=0, line=dict(color="black", dash="dot", width=1), row=2, col=1)
         fig.data[HEAT].colorbar.update(len=0.55, y=0.78)
-        fig.update_layout(width=960, height=640, margin=dict(t=60, l=60, r=20, b=40),
+        fig.update_layout(autosize=True, height=660, margin=dict(t=90, l=60, r=20, b=40),  # as wide as the cell
                           legend=dict(y=0.2, yanchor="middle"), title=tr.prompt)
         return go.FigureWidget(fig)
 

@@ -107,7 +107,7 @@ def word_mass(trace: Trace, *, layers=None, share: bool = True) -> go.Figure:
     fig = go.Figure([go.Scatter(x=steps, y=mass[:, w].tolist(), name=label, mode="lines+markers", customdata=t,
                                 hovertemplate=f"{label}<br>step %{{x}} (t=%{{customdata:g}})<br>%{{y:.3g}}<extra></extra>")
                      for w, label in enumerate(d.word_labels(trace))])
-    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5])
+    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5], dtick=d.step_tick(trace))
     fig.update_yaxes(title=unit, rangemode="tozero")
     return fig.update_layout(title="When each word matters: attention per word across steps", width=760, height=420)
 
@@ -124,7 +124,7 @@ def layer_step(trace: Trace, word: Word) -> go.Figure:
                                customdata=[[n] * trace.num_steps for n in names],
                                colorbar=dict(title="attention"),
                                hovertemplate="%{customdata}<br>step %{x}<br>attention %{z:.3g}<extra></extra>"))
-    fig.update_xaxes(title="step (noisy → clean)")
+    fig.update_xaxes(title="step (noisy → clean)", dtick=d.step_tick(trace))
     fig.update_yaxes(autorange="reversed")
     return fig.update_layout(title=f"Where in the U-Net, and when, {d.words_title(trace, word)} acts "
                                    "(rows: layers in run order)",
@@ -180,7 +180,7 @@ def schedule(trace: Trace) -> go.Figure:
                              customdata=t,
                              hovertemplate="step %{x} (t=%{customdata:g})<br>alpha-bar %{y:.3g}<extra></extra>"),
                   1, 2)
-    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5])
+    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5], dtick=d.step_tick(trace))
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     name = trace.scheduler.get("name", "scheduler")

@@ -1,0 +1,207 @@
+"""Figures and widgets are web pages: drive them in a real browser.
+
+Headless Chromium (Debian's package; Playwright's own browser download does not work offline)
+opens (1) JupyterLab, started here from this environment, running a notebook that shows
+``diffviz.explore(trace)``, and (2) the HTML report opened from disk. In both, the test checks
+that the figure is drawn, moves the step slider, checks that the figure changed, and saves a
+screenshot (to $DIFFVIZ_SCREENSHOTS, or pytest's temporary folder). Every request that would
+leave this machine is blocked and recorded.
+
+Select with ``-m browser``, skip with ``-m "not browser"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import diffviz
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# the first x0 image of a plot (go.Image traces are drawn as SVG <image> elements)
+FIRST_IMAGE_HREF = "el => el.querySelector('g.imagelayer image, image').getAttribute('href')"
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("DIFFVIZ_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium), or "
+                    "deselect these tests with -m 'not browser'.")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def offline_page(browser, allowed_host: str | None = None, height: int = 1000):
+    """A new page whose requests to anywhere but file:, data:, blob: and ``allowed_host`` are
+    aborted; returns (page, blocked URLs)."""
+    context = browser.new_context(viewport={"width": 1280, "height": height})
+    blocked: list[str] = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(("file:", "data:", "blob:")) or (allowed_host and url.split("/")[2] == allowed_host):
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    context.route("**/*", route)
+    return context.new_page(), blocked
+
+
+# ---- the HTML report ----------------------------------------------------------------------------------
+def test_report_draws_and_steps_offline(browser, traced, tmp_path, screenshots):
+    path = diffviz.report(traced[1], tmp_path / "report.html")
+    page, blocked = offline_page(browser)
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=60_000)
+    drawn = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')].map(gd => gd._fullData.length)")
+    assert len(drawn) == 7 and all(n > 0 for n in drawn)
+
+    gd = page.locator("#fig0")  # the denoising animation
+    before = gd.evaluate(FIRST_IMAGE_HREF)
+    assert before.startswith("data:image/png;base64,")
+    assert gd.evaluate("el => el.layout.sliders[0].active") == 0
+    rail = gd.locator("rect.slider-rail-touch-rect").bounding_box()
+    page.mouse.click(rail["x"] + rail["width"] * 0.99, rail["y"] + rail["height"] / 2)  # the last step
+    page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active === 3", timeout=10_000)
+    page.wait_for_function(f"document.getElementById('fig0').querySelector('g.imagelayer image, image')"
+                           f".getAttribute('href') !== {json.dumps(before)}", timeout=10_000)
+    assert "step 3 (t=" in gd.locator(".gtitle").text_content()
+
+    page.mouse.click(rail["x"] + 1, rail["y"] + rail["height"] / 2)  # back to step 0, then play
+    page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active === 0", timeout=10_000)
+    gd.locator("g.updatemenu-button").first.click()
+    page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active >= 2", timeout=15_000)
+
+    shot = screenshots / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    assert blocked == [], f"the report tried to reach the network: {blocked[:5]}"
+    page.context.close()
+
+
+# ---- the explorer in JupyterLab ----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(traced, tmp_path_factory):
+    """JupyterLab on localhost (this Python's environment, so the kernel has diffviz), serving a
+    folder with a saved trace and a notebook that explores it; yields (base URL, token)."""
+    root = tmp_path_factory.mktemp("lab")
+    traced[1].save(root / "run.dvz")
+    cells = [
+        "import diffviz\ntrace = diffviz.load_trace('run.dvz')",
+        "app = diffviz.explore(trace, ['red'])\napp",
+    ]
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c}
+                  for c in cells],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (root / "explore.ipynb").write_text(json.dumps(notebook))
+    home = tmp_path_factory.mktemp("jupyter-home")
+    news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no "get notified about news?" toast
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    log = open(root / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells as the Run menu does
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly"],  # nothing that would ask the internet
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"JupyterLab did not start; its log:\n{(root / 'jupyterlab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyterlab, screenshots):
+    base, token = jupyterlab
+    page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300)
+    page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=90_000)
+    # wait for the kernel, then run every cell as a user would (Run > Run All Cells)
+    page.wait_for_function("""() => {
+        const nb = window.jupyterapp.shell.currentWidget;
+        return nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel
+            && nb.sessionContext.session.kernel.status === 'idle'; }""", timeout=90_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    plot = page.locator(".jp-OutputArea .js-plotly-plot")
+    plot.first.wait_for(state="visible", timeout=120_000)
+    page.wait_for_function("""() => { const gd = document.querySelector('.jp-OutputArea .js-plotly-plot');
+        return gd && gd._fullData && gd._fullData.length === 12
+            && gd.querySelectorAll('g.imagelayer image, image').length >= 3; }""", timeout=60_000)
+    before = plot.first.evaluate(FIRST_IMAGE_HREF)
+    assert before.startswith("data:image/png;base64,")
+    assert "step 0" in plot.first.locator(".annotation-text").first.text_content()
+
+    # move the step slider with the keyboard, as a user can: two steps to the right
+    slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="step")
+    handle = slider.locator(".noUi-handle")
+    handle.focus()
+    handle.press("ArrowRight")
+    handle.press("ArrowRight")
+    assert slider.locator(".widget-readout").inner_text().strip() == "2"
+    pressed = time.perf_counter()
+    page.wait_for_function(f"""() => document.querySelector('.jp-OutputArea .js-plotly-plot')
+        .querySelector('g.imagelayer image, image').getAttribute('href') !== {json.dumps(before)}""",
+        timeout=20_000, polling=10)
+    print(f"explorer: slider move to redrawn figure in the browser, {1000 * (time.perf_counter() - pressed):.0f} ms")
+    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .annotation-text')
+        .textContent.includes('step 2')""", timeout=20_000)
+
+    shot = screenshots / "explorer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    assert blocked == [], f"JupyterLab or the explorer tried to reach the network: {blocked[:5]}"
+    page.context.close()
