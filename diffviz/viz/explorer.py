@@ -98,7 +98,11 @@ class Explorer(widgets.VBox):
         fig.data[HEAT].colorbar.update(len=0.55, y=0.78)
         fig.update_layout(autosize=True, height=660, margin=dict(t=90, l=60, r=20, b=40),  # as wide as the cell
                           legend=dict(y=0.2, yanchor="middle"), title=tr.prompt)
-        return go.FigureWidget(fig)
+        try:
+            return go.FigureWidget(fig)
+        except ImportError as err:  # plotly's FigureWidget is an anywidget
+            raise ImportError("diffviz.explore needs anywidget (plotly's FigureWidget is built on it): "
+                              "pip install 'diffviz[notebooks]', or pip install anywidget.") from err
 
     def _select(self) -> None:
         """Recompute the heat maps of the current words / layers / heads for every step."""
