@@ -3,13 +3,15 @@
     diffviz explain "a red circle left of a blue square" --out run.html   # generate, trace, report
     diffviz report run.dvz --out run.html                                  # report from a saved trace
 
-``explain`` uses the classroom model unless ``--model PATH`` names a local diffusers folder.
+``explain`` uses the classroom model unless ``--model PATH`` (or the environment variable
+DIFFVIZ_MODEL) names a local diffusers folder.
 Exit status: 0 done, 2 bad arguments, 1 anything else that went wrong (with a message, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("prompt", help='the prompt, in quotes: "a red circle left of a blue square"')
     ex.add_argument("--out", default="run.html", type=Path, help="HTML report to write (default: run.html)")
     ex.add_argument("--trace", type=Path, help="trace file to write (default: the report's name with .dvz)")
-    ex.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: the classroom model)")
+    ex.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL if set, "
+                    "else the classroom model)")
     ex.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
     ex.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ex.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
@@ -124,24 +127,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _load(model: Path | None):
-    """The pipeline at ``model``, or the classroom model; CliError with the next step when missing."""
+    """The pipeline at ``model``; without one, $DIFFVIZ_MODEL or the classroom model (as
+    ``diffviz.load_pipeline()``). A CliError naming the next step when it cannot be loaded."""
     import diffviz
+    from diffviz.pipelines import MODEL_ENV
 
-    if model is not None:
-        try:
-            return diffviz.load_pipeline(model)
-        except (FileNotFoundError, TypeError) as err:
-            raise CliError(str(err)) from None
+    source = model or os.environ.get(MODEL_ENV) or "the classroom model"
+    print(f"loading {source}", file=sys.stderr)
     try:
-        from diffviz.classroom import load_pipeline
-    except ImportError:
-        raise CliError("the classroom model is not available in this installation of diffviz; give a local "
-                       "diffusers pipeline folder with --model PATH.") from None
-    print("loading the classroom model", file=sys.stderr)
-    try:
-        return load_pipeline()
-    except FileNotFoundError as err:
-        raise CliError(f"{str(err).rstrip('.')}. Or give a local diffusers pipeline folder with --model PATH.") from None
+        return diffviz.load_pipeline(model)
+    except (FileNotFoundError, TypeError, ImportError) as err:
+        hint = "" if model else " Or give a local diffusers pipeline folder with --model PATH."
+        raise CliError(f"{str(err).rstrip('.')}.{hint}") from None
 
 
 if __name__ == "__main__":

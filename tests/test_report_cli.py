@@ -76,15 +76,22 @@ def test_explain_generates_traces_and_reports(model_dir, tmp_path, capsys):
 def test_explain_uses_the_classroom_model_by_default(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_classroom():
+    def fake_classroom(**kwargs):
         calls.append(1)
         return tiny_pipeline("sd", "ddim")
 
     monkeypatch.setattr(diffviz.classroom, "load_pipeline", fake_classroom)
+    monkeypatch.delenv("DIFFVIZ_MODEL", raising=False)
     rc = main(["explain", "a blue square", "--steps", "1", "--out", str(tmp_path / "c.html"),
                "--trace", str(tmp_path / "c.dvz")])
     assert rc == 0 and calls == [1]
     assert diffviz.load_trace(tmp_path / "c.dvz").prompt == "a blue square"
+
+
+def test_explain_reads_the_model_folder_from_diffviz_model(model_dir, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DIFFVIZ_MODEL", str(model_dir))
+    assert main(["explain", "a red square", "--steps", "1", "--out", str(tmp_path / "m.html")]) == 0
+    assert f"loading {model_dir}" in capsys.readouterr().err
 
 
 def test_report_command_rebuilds_a_report_from_a_trace_file(tr, tmp_path, capsys):
