@@ -81,6 +81,13 @@ def word_mass(trace: Trace, layers: Sequence[str] | None = None) -> torch.Tensor
     return out
 
 
+def word_share(trace: Trace, layers: Sequence[str] | None = None) -> torch.Tensor:
+    """[step, word] float32 in percent: each word's share of the attention all prompt words receive
+    at each step (``word_mass`` normalised per step; the start and end tokens are left out)."""
+    mass = word_mass(trace, layers)
+    return 100 * mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+
+
 def layer_step(trace: Trace, word: str | int) -> torch.Tensor:
     """[layer, step] float32: mean attention probability of ``word`` per layer and step (rows in
     ``trace.layers`` order): where in the U-Net, and when, a word acts."""

@@ -134,6 +134,7 @@ def jupyterlab(traced, tmp_path_factory):
     news.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no "get notified about news?" toast
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               IPYTHONDIR=str(home / "ipython"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
     log = open(root / "jupyterlab.log", "w")
     server = subprocess.Popen(

@@ -81,14 +81,10 @@ class Explorer(widgets.VBox):
         fig.add_trace(d.image_trace(tr, self._picture("x0", 0), "predicted x0"), row=1, col=1)
         fig.add_trace(d.image_trace(tr, self._picture("latents", 0), "noisy latent"), row=1, col=2)
         fig.add_trace(d.image_trace(tr, d.png_uri(d.final_image(tr)), "final image"), row=1, col=3)
-        grid = heatmap.grid(tr)
-        fig.add_trace(d.heat_trace(tr, [[0.0] * grid[1]] * grid[0], opacity=self.opacity.value, showscale=True),
-                      row=1, col=3)
+        fig.add_trace(d.heat_trace(tr, self._blank(), opacity=self.opacity.value, showscale=True), row=1, col=3)
         for c in (1, 2, 3):
             d.image_axes(fig, tr, 1, c)
-        mass = heatmap.word_mass(tr)
-        share = (100 * mass / mass.sum(1, keepdim=True).clamp_min(1e-12)).T.tolist()  # [word][step]
-        for label, ys in zip(d.word_labels(tr), share):
+        for label, ys in zip(d.word_labels(tr), heatmap.word_share(tr).T.tolist()):
             fig.add_trace(go.Scatter(x=list(range(tr.num_steps)), y=ys, name=label, mode="lines",
                                      hovertemplate=f"{label}: %{{y:.1f}}%<extra>step %{{x}}</extra>"), row=2, col=1)
         fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, tr.num_steps - 0.5],
@@ -125,7 +121,7 @@ class Explorer(widgets.VBox):
     def _draw_heat(self) -> None:
         heat, ann = self.figure.data[HEAT], self.figure.layout.annotations[2]
         if self._maps is None:
-            heat.z = self._maps_blank()
+            heat.z = self._blank()
             ann.text = "pick a word"
             return
         heat.z = self._maps[self.step.value].numpy()
@@ -138,7 +134,8 @@ class Explorer(widgets.VBox):
             line.line.width = 3 if w in picked else 1
             line.opacity = 1.0 if w in picked else 0.35
 
-    def _maps_blank(self):
+    def _blank(self) -> list[list[float]]:
+        """[h, w] zeros on the attention grid: the heat map when no word is picked."""
         h, w = heatmap.grid(self.trace)
         return [[0.0] * w] * h
 

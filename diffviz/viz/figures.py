@@ -98,9 +98,8 @@ def word_mass(trace: Trace, *, layers=None, share: bool = True) -> go.Figure:
     """Attention mass per word across steps: which words matter early, which late. ``share``: each
     word's percentage of the attention all prompt words receive at that step; else the mean
     attention probability (start and end tokens take the rest)."""
-    mass = heatmap.word_mass(trace, trace.layer_names(layers))  # [step, word]
-    if share:
-        mass = 100 * mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+    layers = trace.layer_names(layers)
+    mass = heatmap.word_share(trace, layers) if share else heatmap.word_mass(trace, layers)  # [step, word]
     steps = list(range(trace.num_steps))
     t = [float(x) for x in trace.timesteps]
     unit = "% of word attention" if share else "mean attention probability"
