@@ -21,6 +21,7 @@ from .. import heatmap
 from ..trace import Trace
 
 MAX_IMAGE_SIDE = 256  # pictures are stored at most this large (px); a report stays small for 512 px models
+PREVIEW_SIDE = 128  # linear previews hold latent-grid detail (64 cells for SD 1.5): larger only costs bytes
 HEAT_COLORS = "Inferno"
 SIGNED_COLORS = "RdBu_r"
 
@@ -57,9 +58,16 @@ def png_array(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def preview_uri(trace: Trace, step: int, of: str = "x0") -> str:
+    """PNG data URI of the fast preview of ``of`` ("x0" or "latents") at ``step``, at most PREVIEW_SIDE px."""
+    return png_uri(trace.preview(step, of=of), PREVIEW_SIDE)
+
+
 def image_trace(trace: Trace, uri: str, name: str) -> go.Image:
-    """A go.Image of a PNG from ``png_uri`` stretched over the trace's image in pixel coordinates."""
-    scale = max(trace.height, trace.width) / min(max(trace.height, trace.width), MAX_IMAGE_SIDE)
+    """A go.Image of a PNG from ``png_uri`` stretched over the trace's image in pixel coordinates.
+    Frames that swap its ``source`` must keep the PNG's size."""
+    header = base64.b64decode(uri.split(",", 1)[1][:32])  # PNG signature, then IHDR: width at bytes 16..20
+    scale = trace.width / int.from_bytes(header[16:20], "big")
     return go.Image(source=uri, x0=(scale - 1) / 2, y0=(scale - 1) / 2, dx=scale, dy=scale, name=name,
                     hoverinfo="skip")
 

@@ -228,7 +228,7 @@ def compare(a: Trace, b: Trace, word: Word | None = None, *, labels: tuple[str, 
     pick = [[round(k * (t.num_steps - 1) / max(n - 1, 1)) for k in range(n)] for t in (a, b)]
     maps = [d.step_maps(t, word, layers=layers) for t in (a, b)]
     zmax = max(float(m.max()) for m in maps) or 1.0
-    x0 = [[d.png_uri(t.preview(s)) for s in range(t.num_steps)] for t in (a, b)]
+    x0 = [[d.preview_uri(t, s) for s in range(t.num_steps)] for t in (a, b)]
     fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.03, vertical_spacing=0.1,
                         subplot_titles=["A: predicted x0", f"A: “{word}” at this step",
                                         "B: predicted x0", f"B: “{word}” at this step"])
@@ -254,8 +254,7 @@ def compare(a: Trace, b: Trace, word: Word | None = None, *, labels: tuple[str, 
 
 # ---- helpers ------------------------------------------------------------------------------------------
 def _picture(trace: Trace, step: int, of: str, vae: torch.nn.Module | None) -> str:
-    rgb = trace.preview(step, of=of) if vae is None else trace.decode(step, vae, of=of)
-    return d.png_uri(rgb)
+    return d.preview_uri(trace, step, of) if vae is None else d.png_uri(trace.decode(step, vae, of=of))
 
 
 def _selection(trace: Trace, steps, layers) -> str:
