@@ -48,13 +48,16 @@ def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layer
                          "diffviz.trace(pipe, uncond=True).")
     if not token_idx:
         raise ValueError("no tokens selected.")
-    size = grid(trace)
-    total = torch.zeros(len(steps), *size)
+    # upsampling is linear: layers with maps of one size are summed first, then upsampled once
+    by_size: dict[tuple[int, int], torch.Tensor] = {}
     for name in layers:
-        maps = store[name][list(steps)]  # [step, head, token, h, w]
+        maps = store[name][:, :, list(token_idx)][list(steps)]  # [step, head, token, h, w], tokens picked first
         if heads is not None:
             maps = maps[:, _head_indices(trace, maps.shape[1], heads)]
-        total += upsample(maps[:, :, list(token_idx)].float().sum(2).mean(1), size)
+        m = maps.float().sum(2).mean(1)  # [step, h, w]
+        key = tuple(m.shape[-2:])
+        by_size[key] = by_size[key] + m if key in by_size else m
+    total = sum(upsample(m, grid(trace)) for m in by_size.values())
     return total / len(layers)
 
 

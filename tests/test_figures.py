@@ -83,6 +83,16 @@ def test_denoising_animation_has_a_frame_per_step_with_x0_noisy_latent_and_heat_
     assert [a.text for a in fig.layout.annotations][2] == "“circle” at this step"
 
 
+def test_animations_can_show_a_subset_of_steps(tr):
+    fig = figures.denoising(tr, "red", steps=[0, 3])
+    assert [f.name for f in fig.frames] == ["0", "3"]
+    assert [st.label for st in fig.layout.sliders[0].steps] == ["0", "3"]
+    np.testing.assert_array_equal(png_array(fig.frames[1].data[0].source), tr.preview(3).numpy())
+    g = figures.guidance(tr, steps=slice(1, None, 2))
+    assert [f.name for f in g.frames] == ["1", "3"]
+    np.testing.assert_allclose(g.frames[1].data[1].z, tr.noise_cond[3, 0].numpy(), atol=1e-6)
+
+
 def test_denoising_with_a_vae_decodes_exactly(tr, sd_pipe):
     fig = figures.denoising(tr, "red", vae=sd_pipe.vae)
     np.testing.assert_array_equal(png_array(fig.frames[-1].data[0].source), tr.decode(-1, sd_pipe.vae).numpy())

@@ -53,6 +53,15 @@ def test_report_is_one_offline_html_file_with_the_main_figures(tr, tmp_path):
     assert 4e6 < path.stat().st_size < 12e6  # plotly.js (~4.8 MB) and the figures
 
 
+def test_long_runs_are_animated_with_at_most_25_evenly_spaced_steps():
+    from diffviz.viz.report import _frame_steps
+
+    assert _frame_steps(25) is None
+    frames = _frame_steps(50)
+    assert len(frames) == 25 and frames[0] == 0 and frames[-1] == 49
+    assert max(b - a for a, b in zip(frames, frames[1:])) <= 3
+
+
 def test_report_escapes_the_prompt_and_skips_guidance_without_it(tr, tmp_path):
     odd = dataclasses.replace(tr, prompt="<script>alert(1)</script> red", noise_uncond=None)
     page = diffviz.report(odd, tmp_path / "r.html").read_text(encoding="utf-8")

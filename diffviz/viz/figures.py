@@ -48,7 +48,7 @@ def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 
     rows = -(-len(words) // cols)
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.02, vertical_spacing=0.08,
                         subplot_titles=[labels[w] if isinstance(w, int) else str(w) for w in words])
-    uri = d.png_uri(d.final_image(trace))
+    uri = d.png_uri(d.final_image(trace), d.PREVIEW_SIDE)  # small panels: a smaller copy of the image
     size = d.heat_size(trace)
     for i, w in enumerate(words):
         r, c = i // cols + 1, i % cols + 1
@@ -62,33 +62,36 @@ def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 
 
 
 @d.one_thread
-def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, layers=None, heads=None,
+def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=None, layers=None, heads=None,
               vae: torch.nn.Module | None = None, opacity: float = 0.7) -> go.Figure:
-    """Denoising as an animation (one frame per step, slider and play button): predicted x0, the
-    noisy latent the U-Net saw at that step, and ``word``'s heat map at that step over the final image
-    (default word: the one with the most attention). Pictures are the fast linear preview, or the
-    exact VAE decode when ``vae`` is given. Heat maps share one colour scale over all steps."""
+    """Denoising as an animation (one frame per step of ``steps``, default all; slider and play
+    button): predicted x0, the noisy latent the U-Net saw at that step, and ``word``'s heat map at
+    that step over the final image (default word: the one with the most attention). Pictures are the
+    fast linear preview, or the exact VAE decode when ``vae`` is given. Heat maps share one colour
+    scale over the steps shown."""
     _check_opacity(opacity)
     word = d.default_word(trace) if word is None else word
-    maps = d.step_maps(trace, word, layers=layers, heads=heads)
-    zmax = float(maps.max()) or 1.0
-    x0 = [_picture(trace, s, "x0", vae) for s in range(trace.num_steps)]
-    noisy = [_picture(trace, s, "latents", vae) for s in range(trace.num_steps)]
+    shown = trace.step_indices(steps)
+    maps = dict(zip(shown, d.step_maps(trace, word, layers=layers, heads=heads)[shown]))
+    zmax = max(float(m.max()) for m in maps.values()) or 1.0
+    x0 = {s: _picture(trace, s, "x0", vae) for s in shown}
+    noisy = {s: _picture(trace, s, "latents", vae) for s in shown}
+    first = shown[0]
     heat_title = f"{d.words_title(trace, word)} at this step"
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.03,
                         subplot_titles=["predicted x0", "noisy latent (U-Net input)", heat_title])
-    fig.add_trace(d.image_trace(trace, x0[0], "predicted x0"), row=1, col=1)
-    fig.add_trace(d.image_trace(trace, noisy[0], "noisy latent"), row=1, col=2)
+    fig.add_trace(d.image_trace(trace, x0[first], "predicted x0"), row=1, col=1)
+    fig.add_trace(d.image_trace(trace, noisy[first], "noisy latent"), row=1, col=2)
     fig.add_trace(d.image_trace(trace, d.png_uri(d.final_image(trace)), "final image"), row=1, col=3)
-    fig.add_trace(d.heat_trace(trace, maps[0], opacity=opacity, zmax=zmax, showscale=True), row=1, col=3)
+    fig.add_trace(d.heat_trace(trace, maps[first], opacity=opacity, zmax=zmax, showscale=True), row=1, col=3)
     for c in (1, 2, 3):
         d.image_axes(fig, trace, 1, c)
     title = "Denoising, " + ("VAE decode" if vae is not None else "fast preview") + ": {}"
     frames = [go.Frame(name=str(s), traces=[0, 1, 3],
                        data=[go.Image(source=x0[s]), go.Image(source=noisy[s]), go.Heatmap(z=maps[s].numpy())],
                        layout=dict(title_text=title.format(d.step_label(trace, s))))
-              for s in range(trace.num_steps)]
-    fig.update_layout(title=title.format(d.step_label(trace, 0)), width=900, height=420,
+              for s in shown]
+    fig.update_layout(title=title.format(d.step_label(trace, first)), width=900, height=420,
                       coloraxis_showscale=False, margin=dict(b=110))
     return d.animate(fig, frames)
 
@@ -131,18 +134,19 @@ def layer_step(trace: Trace, word: Word) -> go.Figure:
 
 
 @d.one_thread
-def guidance(trace: Trace, *, channel: int = 0) -> go.Figure:
-    """Classifier-free guidance at every step (animated): unconditional and conditional noise
-    predictions, their difference, and the guided prediction uncond + scale x (cond - uncond) that
-    the sampler used; one latent ``channel`` each, blue negative, red positive."""
+def guidance(trace: Trace, *, steps=None, channel: int = 0) -> go.Figure:
+    """Classifier-free guidance at each of ``steps`` (default all; animated): unconditional and
+    conditional noise predictions, their difference, and the guided prediction
+    uncond + scale x (cond - uncond) that the sampler used; one latent ``channel`` each, blue
+    negative, red positive."""
     if trace.noise_uncond is None:
         raise ValueError("this trace has no unconditional prediction: it was generated without classifier-free "
                          "guidance (guidance_scale <= 1). Generate with guidance_scale > 1 to draw guidance.")
     _check_channel(trace, channel)
     s = trace.guidance_scale
-    parts = [trace.noise_uncond[:, channel], trace.noise_cond[:, channel],
-             trace.noise_cond[:, channel] - trace.noise_uncond[:, channel], trace.noise_guided[:, channel]]
-    parts = [p.float() for p in parts]  # each [step, h, w]
+    shown = trace.step_indices(steps)
+    uncond, cond = trace.noise_uncond[shown, channel].float(), trace.noise_cond[shown, channel].float()
+    parts = [uncond, cond, cond - uncond, trace.noise_guided[shown, channel].float()]  # each [shown step, h, w]
     titles = ["uncond (empty prompt)", "cond (prompt)", "difference cond − uncond",
               f"guided: uncond + {s:g} × diff"]
     pred_max = max(float(parts[i].abs().max()) for i in (0, 1, 3)) or 1.0
@@ -159,10 +163,10 @@ def guidance(trace: Trace, *, channel: int = 0) -> go.Figure:
                         colorbar=dict(title="diff", x=1.08, len=0.8)),
     )
     title = f"Classifier-free guidance (scale {s:g}), channel {channel}: {{}}"
-    frames = [go.Frame(name=str(k), traces=[0, 1, 2, 3], data=[go.Heatmap(z=p[k].numpy()) for p in parts],
-                       layout=dict(title_text=title.format(d.step_label(trace, k))))
-              for k in range(trace.num_steps)]
-    fig.update_layout(title=title.format(d.step_label(trace, 0)), width=1000, height=380, margin=dict(b=110))
+    frames = [go.Frame(name=str(step), traces=[0, 1, 2, 3], data=[go.Heatmap(z=p[k].numpy()) for p in parts],
+                       layout=dict(title_text=title.format(d.step_label(trace, step))))
+              for k, step in enumerate(shown)]
+    fig.update_layout(title=title.format(d.step_label(trace, shown[0])), width=1000, height=380, margin=dict(b=110))
     return d.animate(fig, frames)
 
 

@@ -20,6 +20,7 @@ from ..trace import Trace
 from . import _draw as d
 from . import figures
 
+MAX_FRAMES = 25  # animation frames in a report; longer runs show evenly spaced steps (the trace keeps all)
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1040px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -44,11 +45,13 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae
         raise ValueError("this trace is empty: nothing was generated inside its `with diffviz.trace(pipe)` block.")
     word = d.default_word(trace) if word is None else trace.word_indices(word)[0]
     label = d.word_labels(trace)[word]
+    frames = _frame_steps(trace.num_steps)
+    shown = "" if frames is None else f" Showing {len(frames)} of the {trace.num_steps} steps."
     sections = [
         ("Denoising, step by step",
          f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy latent "
-         f"it was given. Right: where “{label}” sent its information at that step. Press play.",
-         lambda: figures.denoising(trace, word, vae=vae)),
+         f"it was given. Right: where “{label}” sent its information at that step. Press play.{shown}",
+         lambda: figures.denoising(trace, word, steps=frames, vae=vae)),
         ("Where each word looks",
          "Each word's cross-attention, averaged over all steps and layers, over the final image. Bright: the "
          "pixels that read this word.", lambda: figures.word_grid(trace)),
@@ -63,8 +66,8 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae
         sections.append((
             "What guidance does",
             f"The model predicts the noise twice: without the prompt and with it. Their difference is what the "
-            f"prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance scale).",
-            lambda: figures.guidance(trace)))
+            f"prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance scale).{shown}",
+            lambda: figures.guidance(trace, steps=frames)))
     sections += [
         ("Noise schedule", "How much noise is left at each step: sigma falls to zero, alpha-bar rises to one.",
          lambda: figures.schedule(trace)),
@@ -78,6 +81,13 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_page(trace, parts), encoding="utf-8")
     return path
+
+
+def _frame_steps(n: int) -> list[int] | None:
+    """At most MAX_FRAMES evenly spaced steps of ``n``, first and last included; None: all of them."""
+    if n <= MAX_FRAMES:
+        return None
+    return sorted({round(i * (n - 1) / (MAX_FRAMES - 1)) for i in range(MAX_FRAMES)})
 
 
 def _figure_html(fig: go.Figure, div_id: str) -> str:
