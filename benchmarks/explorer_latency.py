@@ -1,9 +1,10 @@
 """Explorer update latency per interaction, and the HTML report's size.
 
-    python benchmarks/explorer_latency.py [--steps 25] [--reps 3] [--trace run.dvz]
+    python benchmarks/explorer_latency.py [--steps 25] [--reps 3] [--trace run.dvz | --sd15]
 
 Traces a tiny random-weight SD pipeline (64x64, 25 DDIM steps, every head kept) unless --trace
-gives a saved trace, builds ``diffviz.explore(trace)`` and times each kind of interaction as the
+gives a saved trace (or --sd15 a random one with Stable Diffusion 1.5's shapes: 512x512 px, 16
+layers from 64x64 to 8x8, 11 words, 50 steps, head mean), builds ``diffviz.explore(trace)`` and times each kind of interaction as the
 kernel sees it: setting a control's value runs its observer, which recomputes from the trace and
 updates the FigureWidget, synchronously. What the browser then needs to redraw is not included
 (tests/test_browser.py prints that end to end). Then writes the report and prints its size.
@@ -21,6 +22,7 @@ import torch
 
 import diffviz
 from diffviz.testing import tiny_pipeline
+from diffviz.trace import Layer, Token, Trace
 from diffviz.viz import explore, report
 
 BUDGET_MS = 100
@@ -33,6 +35,25 @@ def make_trace(steps: int):
         pipe("a red circle left of a blue square", num_inference_steps=steps, height=64, width=64,
              generator=torch.Generator().manual_seed(0))
     return tr
+
+
+def sd15_shaped(steps: int = 50) -> Trace:
+    """Random data in the shapes a default capture of SD 1.5 at 512x512 holds (no model involved)."""
+    words = "a photo of an astronaut riding a horse on the moon".split()
+    blocks = [("down_blocks.0", 64, 2), ("down_blocks.1", 32, 2), ("down_blocks.2", 16, 2), ("mid_block", 8, 1),
+              ("up_blocks.1", 16, 3), ("up_blocks.2", 32, 3), ("up_blocks.3", 64, 3)]
+    layers = [Layer(f"{b}.attentions.{i}.transformer_blocks.0.attn2", (s, s), 8) for b, s, n in blocks for i in range(n)]
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(steps + 1, 4, 64, 64, generator=g)
+    return Trace(
+        prompt=" ".join(words), negative_prompt=None, words=words,
+        tokens=[Token(i + 1, f"{w}</w>", i) for i, w in enumerate(words)], layers=layers, height=512, width=512,
+        guidance_scale=7.5, timesteps=torch.linspace(981, 1, steps).round(), alpha_bar=torch.linspace(0.01, 0.99, steps),
+        sigma=torch.linspace(10, 0.1, steps), latents=lat, x0=lat[1:] * 0.5, noise_cond=lat[:-1], noise_uncond=lat[1:],
+        attn={l.name: torch.rand(steps, 1, len(words), *l.size, generator=g).half() for l in layers},
+        image=(torch.rand(512, 512, 3, generator=g) * 255).to(torch.uint8),
+        preview_weight=torch.tensor([[0.2, 0.1, 0.0, -0.1, 0.5]] * 3), scheduler={"name": "random"},
+        options={"heads": False})
 
 
 def timed(widget, values) -> list[float]:
@@ -49,8 +70,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--reps", type=int, default=3, help="passes over each interaction")
     ap.add_argument("--trace", type=Path, help="a saved trace to explore instead of a fresh tiny one")
+    ap.add_argument("--sd15", action="store_true", help="a random trace with SD 1.5's shapes (50 steps)")
     args = ap.parse_args()
-    tr = diffviz.load_trace(args.trace) if args.trace else make_trace(args.steps)
+    if args.trace:
+        tr = diffviz.load_trace(args.trace)
+    else:
+        tr = sd15_shaped() if args.sd15 else make_trace(args.steps)
 
     build_ms = []
     for _ in range(2):  # the first build also loads the widget's JavaScript bundle

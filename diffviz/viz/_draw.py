@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .. import heatmap
+from ..decode import preview
 from ..trace import Trace
 
 MAX_IMAGE_SIDE = 256  # pictures are stored at most this large (px); a report stays small for 512 px models
@@ -41,14 +42,15 @@ def one_thread(fn):
 
 
 # ---- pictures --------------------------------------------------------------------------------------
-def png_uri(rgb: torch.Tensor | np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> str:
-    """[H, W, 3] uint8 -> "data:image/png;base64,...", shrunk to at most ``max_side`` pixels a side."""
+def png_uri(rgb: torch.Tensor | np.ndarray, max_side: int = MAX_IMAGE_SIDE, compress_level: int = 6) -> str:
+    """[H, W, 3] uint8 -> "data:image/png;base64,...", shrunk to at most ``max_side`` pixels a side.
+    ``compress_level`` 1 encodes about 4x faster than 6, for files about 20% larger."""
     img = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=compress_level)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -58,9 +60,16 @@ def png_array(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def preview_uri(trace: Trace, step: int, of: str = "x0") -> str:
-    """PNG data URI of the fast preview of ``of`` ("x0" or "latents") at ``step``, at most PREVIEW_SIDE px."""
-    return png_uri(trace.preview(step, of=of), PREVIEW_SIDE)
+def preview_uri(trace: Trace, step: int, of: str = "x0", fast: bool = False) -> str:
+    """PNG data URI of the fast preview of ``of`` ("x0" or "latents") at ``step``, made directly at
+    most PREVIEW_SIDE px a side (as ``Trace.preview``, without the detour through full size).
+    ``fast``: quicker, larger PNG compression, for interactive updates."""
+    if trace.preview_weight is None or of not in ("x0", "latents"):
+        trace.preview(step, of=of)  # raises the error that says what to do instead
+    scale = min(1.0, PREVIEW_SIDE / max(trace.height, trace.width))
+    size = (max(1, round(trace.height * scale)), max(1, round(trace.width * scale)))
+    latents = (trace.x0 if of == "x0" else trace.latents)[step]
+    return png_uri(preview(latents, trace.preview_weight, size), PREVIEW_SIDE, 1 if fast else 6)
 
 
 def image_trace(trace: Trace, uri: str, name: str) -> go.Image:

@@ -70,7 +70,7 @@ class Explorer(widgets.VBox):
         """PNG data URI of the preview of ``of`` ("x0" or "latents") at ``step``, cached."""
         key = (of, step)
         if key not in self._pictures:
-            self._pictures[key] = d.preview_uri(self.trace, step, of)
+            self._pictures[key] = d.preview_uri(self.trace, step, of, fast=True)
         return self._pictures[key]
 
     def _build_figure(self) -> go.FigureWidget:
