@@ -26,7 +26,9 @@ def main() -> None:
     ap.add_argument("--kind", default="sd", choices=["sd", "sdxl"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     pipe = tiny_pipeline(args.kind, "ddim")
     pipe.set_progress_bar_config(disable=True)
 
