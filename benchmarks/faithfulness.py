@@ -3,7 +3,8 @@
     python benchmarks/faithfulness.py [--weights DIR] [--prompts 20] [--seeds 2] [--json out.json]
 
 On two-object prompts that training never used (``held_out_prompts()``), for every object the judge
-finds in the plain image (its pixels are the object's region), prints:
+finds in the plain image (its pixels are the object's region; matched by colour and shape, else by
+colour alone), prints:
 
 - suppression: suppressing (``diffviz.edit.suppress``) the word with the most attention inside the
   region changes the region (mean |RGB difference|) more than suppressing a different word of the
@@ -53,6 +54,19 @@ def rgb(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def regions_of(prompt: str, image) -> list:
+    """The judge's object for each object of ``prompt`` (asked colour and shape; else the largest object
+    of the asked colour, as the judge tells objects apart by colour); objects not drawn are left out."""
+    verdict = judge.judge(prompt, image)
+    wanted = data.parse_caption(prompt)[0]
+    out = []
+    for w, m in zip(wanted, verdict["matched"]):
+        m = m or next((f for f in verdict["found"] if f.colour == w["colour"] and all(f is not o for o in out)), None)
+        if m is not None and all(m is not o for o in out):
+            out.append(m)
+    return out
+
+
 def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
                               attr_step: int, ig_steps: int) -> dict:
     pairs_won = pairs = top_is_max = regions = missing = 0
@@ -64,9 +78,8 @@ def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps:
             with diffviz.trace(pipe) as tr:
                 plain = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
                              generator=torch.Generator().manual_seed(seed)).images[0]
-            verdict = judge.judge(prompt, plain)
-            found = [m for m in verdict["matched"] if m is not None]
-            missing += len(verdict["matched"]) - len(found)
+            found = regions_of(prompt, plain)
+            missing += len(data.parse_caption(prompt)[0]) - len(found)
             if not found:
                 continue
             base = rgb(plain)
@@ -153,8 +166,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--attr-step", type=int, default=4, help="denoising step whose x0 is attributed")
     ap.add_argument("--ig-steps", type=int, default=16)
-    ap.add_argument("--strength", type=float, default=0.9, help="box steering: share of attention moved")
-    ap.add_argument("--steer-steps", type=float, default=0.5, help="box steering: first fraction of steps")
+    ap.add_argument("--strength", type=float, default=1.0, help="box steering: share of attention moved")
+    ap.add_argument("--steer-steps", type=float, default=1.0, help="box steering: first fraction of steps")
     ap.add_argument("--box", type=int, default=12, help="box side in pixels (the image is 32)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)

@@ -138,16 +138,22 @@ def classroom():
 
 @pytest.mark.slow
 def test_suppressing_a_word_removes_its_object(classroom):
+    """Suppress an object's colour and shape words: its object is gone, the other object stays."""
     from diffviz.classroom.judge import find_objects
 
     prompt = "a red circle left of a green triangle"
-    removed = 0
-    for seed in range(4):
-        img, _ = edit.suppress(classroom, prompt, ["red", "circle"], seed=seed, num_inference_steps=20)
-        plain = classroom(prompt, num_inference_steps=20, generator=torch.Generator().manual_seed(seed)).images[0]
-        had = any(f.colour == "red" for f in find_objects(plain))
-        gone = not any(f.colour == "red" for f in find_objects(img))
-        removed += had and gone
-        assert any(f.colour == "green" for f in find_objects(img)) or not any(
-            f.colour == "green" for f in find_objects(plain))
-    assert removed >= 3
+    kw = {"num_inference_steps": 20}
+    had = removed = kept = 0
+    for seed in range(6):
+        plain = classroom(prompt, generator=torch.Generator().manual_seed(seed), **kw).images[0]
+        colours = {f.colour for f in find_objects(plain)}
+        if not {"red", "green"} <= colours:
+            continue
+        img, tr = edit.suppress(classroom, prompt, ["red", "circle"], seed=seed, **kw)
+        after = {f.colour for f in find_objects(img)}
+        had += 1
+        removed += "red" not in after
+        kept += "green" in after
+    if had < 2:
+        pytest.skip(f"the classroom model drew both objects for only {had} of 6 seeds")
+    assert removed == had and kept >= had - 1
