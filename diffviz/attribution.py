@@ -266,6 +266,10 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
             e_base, p_base = model.encode(*base_ids)
             pred_in, pred_base = model.prediction(e_in, p_in), model.prediction(e_base, p_base)
         direction = pred_in - pred_base  # [1, C, h, w]
+        traced = (trace.x0 if target == "x0" else trace.noise_guided)[step].to(pred_in.device, torch.float32)
+        if (pred_in[0] - traced).norm() > 0.05 * traced.norm():  # fp16 traces differ by ~1e-3
+            raise ValueError("this pipeline does not reproduce the trace's prediction at step "
+                             f"{step}: pass the pipeline (weights, scheduler) that made the trace.")
 
         def score(pred: torch.Tensor) -> torch.Tensor:  # [n, C, h, w] -> [n]
             return ((pred * direction).sum(1) * weights).sum((-2, -1))

@@ -9,6 +9,8 @@ import torch
 import diffviz
 from diffviz.attribution import _StepModel, agreement, attribute, region_attention, region_mask, spearman
 
+from diffviz.testing import tiny_pipeline
+
 from .conftest import PROMPT, generate
 from .test_capture import assert_same, snapshot
 
@@ -79,7 +81,6 @@ def test_input_x_gradient_is_a_directional_derivative(sd_pipe, traced):
 
 
 def test_float16_pipeline_gets_float32_gradients_and_is_restored():
-    from diffviz.testing import tiny_pipeline
 
     pipe = tiny_pipeline("sd", "ddim").to(torch.float16)
     pipe.set_progress_bar_config(disable=True)
@@ -126,6 +127,8 @@ def test_bad_requests_are_refused_with_the_allowed_values(sd_pipe, traced):
         attribute(sd_pipe, tr, 0, word="green")
     with pytest.raises(IndexError, match="4 steps"):
         attribute(sd_pipe, tr, 9)
+    with pytest.raises(ValueError, match="does not reproduce the trace"):
+        attribute(tiny_pipeline("sd", "ddim", seed=1), tr, 1, method="saliency")
     assert PROMPT == tr.prompt
 
 
