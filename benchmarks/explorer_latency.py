@@ -4,10 +4,11 @@
 
 Traces a tiny random-weight SD pipeline (64x64, 25 DDIM steps, every head kept) unless --trace
 gives a saved trace (or --sd15 a random one with Stable Diffusion 1.5's shapes: 512x512 px, 16
-layers from 64x64 to 8x8, 11 words, 50 steps, head mean), builds ``diffviz.explore(trace)`` and times each kind of interaction as the
-kernel sees it: setting a control's value runs its observer, which recomputes from the trace and
-updates the FigureWidget, synchronously. What the browser then needs to redraw is not included
-(tests/test_browser.py prints that end to end). Then writes the report and prints its size.
+layers from 64x64 to 8x8, 11 words, 50 steps, head mean), builds ``diffviz.explore(trace)`` and
+times each kind of interaction as the kernel sees it: setting a control's value runs its
+observer, which recomputes from the trace and updates the FigureWidget, synchronously. What the
+browser then needs to redraw is not included (tests/test_browser.py prints that end to end).
+Then writes the report and prints its size.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def make_trace(steps: int):
 def sd15_shaped(steps: int = 50) -> Trace:
     """Random data in the shapes a default capture of SD 1.5 at 512x512 holds (no model involved)."""
     words = "a photo of an astronaut riding a horse on the moon".split()
-    blocks = [("down_blocks.0", 64, 2), ("down_blocks.1", 32, 2), ("down_blocks.2", 16, 2), ("mid_block", 8, 1),
-              ("up_blocks.1", 16, 3), ("up_blocks.2", 32, 3), ("up_blocks.3", 64, 3)]
-    layers = [Layer(f"{b}.attentions.{i}.transformer_blocks.0.attn2", (s, s), 8) for b, s, n in blocks for i in range(n)]
+    blocks = [("down_blocks.0", 64, 2), ("down_blocks.1", 32, 2), ("down_blocks.2", 16, 2),
+              ("mid_block", 8, 1), ("up_blocks.1", 16, 3), ("up_blocks.2", 32, 3), ("up_blocks.3", 64, 3)]
+    layers = [Layer(f"{b}.attentions.{i}.transformer_blocks.0.attn2", (s, s), 8)
+              for b, s, n in blocks for i in range(n)]
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(steps + 1, 4, 64, 64, generator=g)
     return Trace(
         prompt=" ".join(words), negative_prompt=None, words=words,
-        tokens=[Token(i + 1, f"{w}</w>", i) for i, w in enumerate(words)], layers=layers, height=512, width=512,
-        guidance_scale=7.5, timesteps=torch.linspace(981, 1, steps).round(), alpha_bar=torch.linspace(0.01, 0.99, steps),
-        sigma=torch.linspace(10, 0.1, steps), latents=lat, x0=lat[1:] * 0.5, noise_cond=lat[:-1], noise_uncond=lat[1:],
+        tokens=[Token(i + 1, f"{w}</w>", i) for i, w in enumerate(words)], layers=layers,
+        height=512, width=512, guidance_scale=7.5, timesteps=torch.linspace(981, 1, steps).round(),
+        alpha_bar=torch.linspace(0.01, 0.99, steps), sigma=torch.linspace(10, 0.1, steps),
+        latents=lat, x0=lat[1:] * 0.5, noise_cond=lat[:-1], noise_uncond=lat[1:],
         attn={l.name: torch.rand(steps, 1, len(words), *l.size, generator=g).half() for l in layers},
         image=(torch.rand(512, 512, 3, generator=g) * 255).to(torch.uint8),
         preview_weight=torch.tensor([[0.2, 0.1, 0.0, -0.1, 0.5]] * 3), scheduler={"name": "random"},
@@ -99,8 +102,10 @@ def main() -> None:
     results["opacity"] = timed(app.opacity, [0.1 * k for k in range(11)] * args.reps)
 
     print(f"explorer on {tr!r}")
-    print(f"  torch threads {torch.get_num_threads()} (updates run on one), build {build_ms[0]:.0f} ms first, {build_ms[1]:.0f} ms again")
-    print(f"  {'interaction':20s} {'n':>4s} {'median':>8s} {'p95':>8s} {'max':>8s}   (ms, budget {BUDGET_MS})")
+    print(f"  torch threads {torch.get_num_threads()} (updates run on one), "
+          f"build {build_ms[0]:.0f} ms first, {build_ms[1]:.0f} ms again")
+    print(f"  {'interaction':20s} {'n':>4s} {'median':>8s} {'p95':>8s} {'max':>8s}   "
+          f"(ms, budget {BUDGET_MS})")
     for name, ms in results.items():
         ms_sorted = sorted(ms)
         p95 = ms_sorted[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]

@@ -44,16 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser("explain", help="generate an image, trace it, and write an HTML report",
-                        description="Generate an image from PROMPT, trace it, save the trace (.dvz) beside the "
-                        "report and write a self-contained HTML report.")
+                        description="Generate an image from PROMPT, trace it, save the trace (.dvz) "
+                        "beside the report and write a self-contained HTML report.")
     ex.add_argument("prompt", help='the prompt, in quotes: "a red circle left of a blue square"')
     ex.add_argument("--out", default="run.html", type=Path, help="HTML report to write (default: run.html)")
     ex.add_argument("--trace", type=Path, help="trace file to write (default: the report's name with .dvz)")
-    ex.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL if set, "
-                    "else the classroom model)")
+    ex.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL "
+                    "if set, else the classroom model)")
     ex.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
     ex.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    ex.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    ex.add_argument("--guidance", type=float, default=7.5,
+                    help="classifier-free guidance scale (default: 7.5)")
     ex.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the model's own)")
     ex.set_defaults(run=_explain)
 
@@ -70,13 +71,15 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument errors argparse cannot see; exits with status 2 and a message naming the bad value."""
     if args.command == "explain":
         if not args.prompt.strip():
-            parser.error("the prompt is empty; give one in quotes, e.g. \"a red circle left of a blue square\".")
+            parser.error('the prompt is empty; give one in quotes, e.g. "a red circle left of a blue '
+                         'square".')
         if not 1 <= args.steps <= 1000:
             parser.error(f"--steps must be between 1 and 1000, not {args.steps}.")
         if args.seed < 0:
             parser.error(f"--seed must be 0 or more, not {args.seed}.")
         if not 0 <= args.guidance <= 100:
-            parser.error(f"--guidance must be between 0 and 100 (1 or less turns guidance off), not {args.guidance:g}.")
+            parser.error(f"--guidance must be between 0 and 100 (1 or less turns guidance off), "
+                         f"not {args.guidance:g}.")
         args.trace = args.trace or args.out.with_suffix(".dvz")
         if args.trace.resolve() == args.out.resolve():
             parser.error(f"--trace and --out are the same file ({args.out}); give the trace a .dvz name.")
@@ -104,7 +107,8 @@ def _explain(args: argparse.Namespace) -> int:
           file=sys.stderr)
     try:
         with diffviz.trace(pipe) as tr:
-            pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generator)
+            pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                 generator=generator)
     except (ValueError, diffviz.CaptureError) as err:  # e.g. a word the model's tokenizer does not know
         raise CliError(str(err)) from None
     trace_path = tr.save(args.trace)

@@ -51,7 +51,8 @@ def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layer
     # upsampling is linear: layers with maps of one size are summed first, then upsampled once
     by_size: dict[tuple[int, int], torch.Tensor] = {}
     for name in layers:
-        maps = store[name][:, :, list(token_idx)][list(steps)]  # [step, head, token, h, w], tokens picked first
+        # [step, head, token, h, w]; picking the tokens first copies less
+        maps = store[name][:, :, list(token_idx)][list(steps)]
         if heads is not None:
             maps = maps[:, _head_indices(trace, maps.shape[1], heads)]
         m = maps.float().sum(2).mean(1)  # [step, h, w]

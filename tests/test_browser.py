@@ -29,8 +29,8 @@ import diffviz
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 # the first x0 image of a plot (go.Image traces are drawn as SVG <image> elements)
 FIRST_IMAGE_HREF = "el => el.querySelector('g.imagelayer image, image').getAttribute('href')"
 
@@ -62,7 +62,8 @@ def offline_page(browser, allowed_host: str | None = None, height: int = 1000):
 
     def route(r):
         url = r.request.url
-        if url.startswith(("file:", "data:", "blob:")) or (allowed_host and url.split("/")[2] == allowed_host):
+        local = url.startswith(("file:", "data:", "blob:"))
+        if local or (allowed_host and url.split("/")[2] == allowed_host):
             r.continue_()
         else:
             blocked.append(url)
@@ -77,7 +78,8 @@ def test_report_draws_and_steps_offline(browser, traced, tmp_path, screenshots):
     path = diffviz.report(traced[1], tmp_path / "report.html")
     page, blocked = offline_page(browser)
     page.goto(path.as_uri())
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 7",
+                           timeout=60_000)
     drawn = page.evaluate("[...document.querySelectorAll('.js-plotly-plot')].map(gd => gd._fullData.length)")
     assert len(drawn) == 7 and all(n > 0 for n in drawn)
 
@@ -135,11 +137,13 @@ def jupyterlab(traced, tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                IPYTHONDIR=str(home / "ipython"),
-               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
     log = open(root / "jupyterlab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}",
          "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells as the Run menu does
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
          "--LabApp.extension_manager=readonly"],  # nothing that would ask the internet
@@ -153,7 +157,8 @@ def jupyterlab(traced, tmp_path_factory):
                     break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"JupyterLab did not start; its log:\n{(root / 'jupyterlab.log').read_text()[-3000:]}")
+                    tail = (root / "jupyterlab.log").read_text()[-3000:]
+                    pytest.fail(f"JupyterLab did not start; its log:\n{tail}")
                 time.sleep(0.5)
         yield base, token
     finally:
@@ -169,7 +174,8 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
     base, token = jupyterlab
     page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300)
     page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
-    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=90_000)
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
+                           timeout=90_000)
     # wait for the kernel, then run every cell as a user would (Run > Run All Cells)
     page.wait_for_function("""() => {
         const nb = window.jupyterapp.shell.currentWidget;
@@ -197,7 +203,8 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
     page.wait_for_function(f"""() => document.querySelector('.jp-OutputArea .js-plotly-plot')
         .querySelector('g.imagelayer image, image').getAttribute('href') !== {json.dumps(before)}""",
         timeout=20_000, polling=10)
-    print(f"explorer: slider move to redrawn figure in the browser, {1000 * (time.perf_counter() - pressed):.0f} ms")
+    took = 1000 * (time.perf_counter() - pressed)
+    print(f"explorer: slider move to redrawn figure in the browser, {took:.0f} ms")
     page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .annotation-text')
         .textContent.includes('step 2')""", timeout=20_000)
 

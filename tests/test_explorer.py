@@ -43,11 +43,14 @@ def test_explore_is_a_widget_app_with_the_controls_and_a_figure_widget(app, head
     assert app.figure in app.children
     assert (app.step.min, app.step.max) == (0, heads_trace.num_steps - 1)
     assert app.play.max == heads_trace.num_steps - 1
-    assert [label for label, _ in app.words.options] == ["a", "red", "circle", "left", "of", "a #2", "blue", "square"]
+    assert [label for label, _ in app.words.options] == ["a", "red", "circle", "left", "of", "a #2", "blue",
+                                                         "square"]
     assert app.words.value == (1,)
     layer_labels = [label for label, _ in app.layers.options]
-    assert layer_labels[:6] == ["all layers", "down blocks", "mid blocks", "up blocks", "32x32 maps", "16x16 maps"]
-    assert [label for label, _ in app.heads.options] == ["mean of heads", "head 0", "head 1"]  # 32x32 layers: 2
+    assert layer_labels[:6] == ["all layers", "down blocks", "mid blocks", "up blocks", "32x32 maps",
+                                "16x16 maps"]
+    # the 32x32 layers have 2 heads, the 16x16 ones 4: every layer has heads 0 and 1
+    assert [label for label, _ in app.heads.options] == ["mean of heads", "head 0", "head 1"]
     types = [type(t).__name__ for t in app.figure.data]
     assert types == ["Image", "Image", "Image", "Heatmap"] + ["Scatter"] * 8
 

@@ -95,7 +95,8 @@ def test_animations_can_show_a_subset_of_steps(tr):
 
 def test_denoising_with_a_vae_decodes_exactly(tr, sd_pipe):
     fig = figures.denoising(tr, "red", vae=sd_pipe.vae)
-    np.testing.assert_array_equal(png_array(fig.frames[-1].data[0].source), tr.decode(-1, sd_pipe.vae).numpy())
+    exact = tr.decode(-1, sd_pipe.vae).numpy()
+    np.testing.assert_array_equal(png_array(fig.frames[-1].data[0].source), exact)
     assert fig.layout.title.text.startswith("Denoising, VAE decode")
 
 
@@ -179,7 +180,8 @@ def test_compare_aligns_two_traces_by_fraction_of_the_schedule(tr, other):
     fig = figures.compare(tr, other, "blue")
     assert len(fig.frames) == 4  # the longer trace's steps
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[:4] == ["A: predicted x0", "A: “blue” at this step", "B: predicted x0", "B: “blue” at this step"]
+    assert titles[:4] == ["A: predicted x0", "A: “blue” at this step",
+                          "B: predicted x0", "B: “blue” at this step"]
     assert fig.layout.yaxis.title.text == "A: a red circle left of a blue square"
     assert fig.layout.yaxis3.title.text == "B: a blue square"
     picks = [0, 1, 1, 2]  # 4 steps of A onto 3 of B: round(k * 2 / 3)

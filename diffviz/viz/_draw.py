@@ -48,7 +48,8 @@ def png_uri(rgb: torch.Tensor | np.ndarray, max_side: int = MAX_IMAGE_SIDE, comp
     img = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
     if max(img.size) > max_side:
         scale = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=compress_level)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -123,8 +124,8 @@ def step_maps(trace: Trace, words: str | int | Sequence[str | int], *, layers=No
               uncond: bool = False) -> torch.Tensor:
     """[step, h, w] float32 on the attention grid: the words' attention at every step (unnormalised,
     attention probability), so one colour scale over all steps shows when a word is strong."""
-    return heatmap.per_step(trace, trace.token_indices(words), trace.step_indices(), trace.layer_names(layers),
-                            heads, uncond)
+    idx = trace.token_indices(words)
+    return heatmap.per_step(trace, idx, trace.step_indices(), trace.layer_names(layers), heads, uncond)
 
 
 # ---- labels --------------------------------------------------------------------------------------------

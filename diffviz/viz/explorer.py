@@ -33,7 +33,8 @@ class Explorer(widgets.VBox):
     @d.one_thread
     def __init__(self, trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6):
         if trace.num_steps == 0:
-            raise ValueError("this trace is empty: nothing was generated inside its `with diffviz.trace(pipe)` block.")
+            raise ValueError("this trace is empty: nothing was generated inside its "
+                             "`with diffviz.trace(pipe)` block.")
         self.trace = trace
         self._pictures: dict[tuple[str, int], str] = {}
         self._maps = None  # [step, h, w] heat maps of the current selection
@@ -45,8 +46,9 @@ class Explorer(widgets.VBox):
                                       layout=widgets.Layout(width="420px"))
         self.play = widgets.Play(value=0, min=0, max=trace.num_steps - 1, interval=250, description="play")
         widgets.jslink((self.play, "value"), (self.step, "value"))
-        self.words = widgets.SelectMultiple(options=list(zip(labels, range(len(labels)))), value=tuple(picked),
-                                            rows=min(8, len(labels)), description="words")
+        options = [(label, i) for i, label in enumerate(labels)]
+        self.words = widgets.SelectMultiple(options=options, value=tuple(picked), rows=min(8, len(labels)),
+                                            description="words")
         self.layers = widgets.Dropdown(options=_layer_options(trace), value=ALL, description="layers")
         self.heads = widgets.Dropdown(options=[("mean of heads", MEAN)], value=MEAN, description="head")
         self._quiet = False  # set while the head options are rebuilt, so the heat maps are computed once
@@ -81,18 +83,21 @@ class Explorer(widgets.VBox):
         fig.add_trace(d.image_trace(tr, self._picture("x0", 0), "predicted x0"), row=1, col=1)
         fig.add_trace(d.image_trace(tr, self._picture("latents", 0), "noisy latent"), row=1, col=2)
         fig.add_trace(d.image_trace(tr, d.png_uri(d.final_image(tr)), "final image"), row=1, col=3)
-        fig.add_trace(d.heat_trace(tr, self._blank(), opacity=self.opacity.value, showscale=True), row=1, col=3)
+        heat = d.heat_trace(tr, self._blank(), opacity=self.opacity.value, showscale=True)
+        fig.add_trace(heat, row=1, col=3)
         for c in (1, 2, 3):
             d.image_axes(fig, tr, 1, c)
         for label, ys in zip(d.word_labels(tr), heatmap.word_share(tr).T.tolist()):
             fig.add_trace(go.Scatter(x=list(range(tr.num_steps)), y=ys, name=label, mode="lines",
-                                     hovertemplate=f"{label}: %{{y:.1f}}%<extra>step %{{x}}</extra>"), row=2, col=1)
+                                     hovertemplate=f"{label}: %{{y:.1f}}%<extra>step %{{x}}</extra>"),
+                          row=2, col=1)
         fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, tr.num_steps - 0.5],
                          dtick=d.step_tick(tr), row=2, col=1)
         fig.update_yaxes(title_text="% of word attention", rangemode="tozero", row=2, col=1)
         fig.add_vline(x=0, line=dict(color="black", dash="dot", width=1), row=2, col=1)
         fig.data[HEAT].colorbar.update(len=0.55, y=0.78)
-        fig.update_layout(autosize=True, height=660, margin=dict(t=90, l=60, r=20, b=40),  # as wide as the cell
+        # autosize: as wide as the notebook cell
+        fig.update_layout(autosize=True, height=660, margin=dict(t=90, l=60, r=20, b=40),
                           legend=dict(y=0.2, yanchor="middle"), title=tr.prompt)
         try:
             return go.FigureWidget(fig)
@@ -196,7 +201,8 @@ def _word_ids(trace: Trace, words: Sequence[str | int]) -> list[int]:
 
 
 def _layer_options(trace: Trace) -> list[tuple[str, str]]:
-    """("all layers", ALL), then blocks, resolutions and single layers, as ``Trace.layer_names`` takes them."""
+    """("all layers", ALL), then blocks, resolutions and single layers, as ``Trace.layer_names``
+    takes them."""
     layers = [trace.layers[i] for i in d.unet_order(trace)]
     blocks = [b for b in ("down", "mid", "up") if any(l.name.startswith(b) for l in layers)]
     sizes = sorted({l.resolution for l in layers}, key=lambda r: -int(r.split("x")[0]))

@@ -31,8 +31,8 @@ def word_heatmap(trace: Trace, word: Word | Sequence[Word], *, steps=None, layer
     fig = go.Figure([d.image_trace(trace, d.png_uri(d.final_image(trace)), "image"),
                      d.heat_trace(trace, z, opacity=opacity, colorscale=colorscale, showscale=True)])
     d.image_axes(fig, trace)
-    return fig.update_layout(title=f"Where {d.words_title(trace, word)} looks, {_selection(trace, steps, layers)}",
-                             width=520, height=480)
+    title = f"Where {d.words_title(trace, word)} looks, {_selection(trace, steps, layers)}"
+    return fig.update_layout(title=title, width=520, height=480)
 
 
 @d.one_thread
@@ -88,7 +88,8 @@ def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=
         d.image_axes(fig, trace, 1, c)
     title = "Denoising, " + ("VAE decode" if vae is not None else "fast preview") + ": {}"
     frames = [go.Frame(name=str(s), traces=[0, 1, 3],
-                       data=[go.Image(source=x0[s]), go.Image(source=noisy[s]), go.Heatmap(z=maps[s].numpy())],
+                       data=[go.Image(source=x0[s]), go.Image(source=noisy[s]),
+                             go.Heatmap(z=maps[s].numpy())],
                        layout=dict(title_text=title.format(d.step_label(trace, s))))
               for s in shown]
     fig.update_layout(title=title.format(d.step_label(trace, first)), width=900, height=420,
@@ -106,12 +107,14 @@ def word_mass(trace: Trace, *, layers=None, share: bool = True) -> go.Figure:
     steps = list(range(trace.num_steps))
     t = [float(x) for x in trace.timesteps]
     unit = "% of word attention" if share else "mean attention probability"
-    fig = go.Figure([go.Scatter(x=steps, y=mass[:, w].tolist(), name=label, mode="lines+markers", customdata=t,
-                                hovertemplate=f"{label}<br>step %{{x}} (t=%{{customdata:g}})<br>%{{y:.3g}}<extra></extra>")
+    hover = "{}<br>step %{{x}} (t=%{{customdata:g}})<br>%{{y:.3g}}<extra></extra>"
+    fig = go.Figure([go.Scatter(x=steps, y=mass[:, w].tolist(), name=label, mode="lines+markers",
+                                customdata=t, hovertemplate=hover.format(label))
                      for w, label in enumerate(d.word_labels(trace))])
-    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5], dtick=d.step_tick(trace))
+    _step_axis(fig, trace)
     fig.update_yaxes(title=unit, rangemode="tozero")
-    return fig.update_layout(title="When each word matters: attention per word across steps", width=760, height=420)
+    title = "When each word matters: attention per word across steps"
+    return fig.update_layout(title=title, width=760, height=420)
 
 
 @d.one_thread
@@ -125,7 +128,8 @@ def layer_step(trace: Trace, word: Word) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z.numpy(), x=list(range(trace.num_steps)), y=labels, colorscale="Viridis",
                                customdata=[[n] * trace.num_steps for n in names],
                                colorbar=dict(title="attention"),
-                               hovertemplate="%{customdata}<br>step %{x}<br>attention %{z:.3g}<extra></extra>"))
+                               hovertemplate="%{customdata}<br>step %{x}<br>attention %{z:.3g}"
+                                             "<extra></extra>"))
     fig.update_xaxes(title="step (noisy → clean)", dtick=d.step_tick(trace))
     fig.update_yaxes(autorange="reversed")
     return fig.update_layout(title=f"Where in the U-Net, and when, {d.words_title(trace, word)} acts "
@@ -140,13 +144,15 @@ def guidance(trace: Trace, *, steps=None, channel: int = 0) -> go.Figure:
     uncond + scale x (cond - uncond) that the sampler used; one latent ``channel`` each, blue
     negative, red positive."""
     if trace.noise_uncond is None:
-        raise ValueError("this trace has no unconditional prediction: it was generated without classifier-free "
-                         "guidance (guidance_scale <= 1). Generate with guidance_scale > 1 to draw guidance.")
+        raise ValueError("this trace has no unconditional prediction: it was generated without "
+                         "classifier-free guidance (guidance_scale <= 1). Generate with guidance_scale > 1 "
+                         "to draw guidance.")
     _check_channel(trace, channel)
     s = trace.guidance_scale
     shown = trace.step_indices(steps)
     uncond, cond = trace.noise_uncond[shown, channel].float(), trace.noise_cond[shown, channel].float()
-    parts = [uncond, cond, cond - uncond, trace.noise_guided[shown, channel].float()]  # each [shown step, h, w]
+    guided = trace.noise_guided[shown, channel].float()
+    parts = [uncond, cond, cond - uncond, guided]  # each [shown step, h, w]
     titles = ["uncond (empty prompt)", "cond (prompt)", "difference cond − uncond",
               f"guided: uncond + {s:g} × diff"]
     pred_max = max(float(parts[i].abs().max()) for i in (0, 1, 3)) or 1.0
@@ -166,7 +172,8 @@ def guidance(trace: Trace, *, steps=None, channel: int = 0) -> go.Figure:
     frames = [go.Frame(name=str(step), traces=[0, 1, 2, 3], data=[go.Heatmap(z=p[k].numpy()) for p in parts],
                        layout=dict(title_text=title.format(d.step_label(trace, step))))
               for k, step in enumerate(shown)]
-    fig.update_layout(title=title.format(d.step_label(trace, shown[0])), width=1000, height=380, margin=dict(b=110))
+    fig.update_layout(title=title.format(d.step_label(trace, shown[0])), width=1000, height=380,
+                      margin=dict(b=110))
     return d.animate(fig, frames)
 
 
@@ -176,14 +183,13 @@ def schedule(trace: Trace) -> go.Figure:
     fraction, 0..1), with each step's timestep in the hover."""
     steps = list(range(trace.num_steps))
     t = [float(x) for x in trace.timesteps]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["sigma (noise / signal)", "alpha-bar (signal fraction)"])
-    fig.add_trace(go.Scatter(x=steps, y=trace.sigma.tolist(), name="sigma", mode="lines+markers", customdata=t,
-                             hovertemplate="step %{x} (t=%{customdata:g})<br>sigma %{y:.3g}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Scatter(x=steps, y=trace.alpha_bar.tolist(), name="alpha-bar", mode="lines+markers",
-                             customdata=t,
-                             hovertemplate="step %{x} (t=%{customdata:g})<br>alpha-bar %{y:.3g}<extra></extra>"),
-                  1, 2)
-    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5], dtick=d.step_tick(trace))
+    fig = make_subplots(rows=1, cols=2,
+                        subplot_titles=["sigma (noise / signal)", "alpha-bar (signal fraction)"])
+    for col, (name, values) in enumerate([("sigma", trace.sigma), ("alpha-bar", trace.alpha_bar)], start=1):
+        fig.add_trace(go.Scatter(x=steps, y=values.tolist(), name=name, mode="lines+markers", customdata=t,
+                                 hovertemplate=f"step %{{x}} (t=%{{customdata:g}})<br>{name} %{{y:.3g}}"
+                                               "<extra></extra>"), 1, col)
+    _step_axis(fig, trace)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     name = trace.scheduler.get("name", "scheduler")
@@ -201,15 +207,16 @@ def channels(trace: Trace, step: int = -1, *, of: str = "latents") -> go.Figure:
         raise ValueError(f"of must be one of {sorted(stores)}, not {of!r}.")
     store = stores[of]
     if not -len(store) <= step < len(store):
-        raise IndexError(f"step {step} is out of range for {of!r}: it has {len(store)} entries (0..{len(store) - 1}).")
+        raise IndexError(f"step {step} is out of range for {of!r}: it has {len(store)} entries "
+                         f"(0..{len(store) - 1}).")
     step = step % len(store)
     z = store[step].float()  # [C, h, w]
     zmax = float(z.abs().max()) or 1.0
     fig = make_subplots(rows=1, cols=z.shape[0], horizontal_spacing=0.02,
                         subplot_titles=[f"channel {c}" for c in range(z.shape[0])])
     for c in range(z.shape[0]):
-        fig.add_trace(go.Heatmap(z=z[c].numpy(), coloraxis="coloraxis", hovertemplate="%{z:.3f}<extra></extra>"),
-                      row=1, col=c + 1)
+        fig.add_trace(go.Heatmap(z=z[c].numpy(), coloraxis="coloraxis",
+                                 hovertemplate="%{z:.3f}<extra></extra>"), row=1, col=c + 1)
         d.pixel_axes(fig, *trace.latents.shape[-2:], 1, c + 1)
     when = "final" if of == "latents" and step == trace.num_steps else (
         d.step_label(trace, step) if step < trace.num_steps else f"step {step}")
@@ -259,6 +266,11 @@ def compare(a: Trace, b: Trace, word: Word | None = None, *, labels: tuple[str, 
 # ---- helpers ------------------------------------------------------------------------------------------
 def _picture(trace: Trace, step: int, of: str, vae: torch.nn.Module | None) -> str:
     return d.preview_uri(trace, step, of) if vae is None else d.png_uri(trace.decode(step, vae, of=of))
+
+
+def _step_axis(fig: go.Figure, trace: Trace) -> None:
+    fig.update_xaxes(title="step (noisy → clean)", range=[-0.5, trace.num_steps - 0.5],
+                     dtick=d.step_tick(trace))
 
 
 def _selection(trace: Trace, steps, layers) -> str:

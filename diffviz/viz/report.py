@@ -24,15 +24,16 @@ MAX_FRAMES = 25  # animation frames in a report; longer runs show evenly spaced 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1040px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-.meta { color: #555; } .meta td { padding: 0 1.5em 0 0; } .lead { display: flex; gap: 2em; align-items: center; }
+.meta { color: #555; } .meta td { padding: 0 1.5em 0 0; }
+.lead { display: flex; gap: 2em; align-items: center; }
 .lead img { width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }
 .note { color: #444; max-width: 60em; }
 """
 
 
 @d.one_thread
-def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae: torch.nn.Module | None = None,
-           progress: bool = False) -> Path:
+def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
+           vae: torch.nn.Module | None = None, progress: bool = False) -> Path:
     """Write one self-contained HTML report of ``trace`` to ``path``; returns the path.
 
     Sections: denoising (animated), where each word looks, when each word matters, where in the
@@ -42,22 +43,23 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae
     """
     path = Path(path)
     if trace.num_steps == 0:
-        raise ValueError("this trace is empty: nothing was generated inside its `with diffviz.trace(pipe)` block.")
+        raise ValueError("this trace is empty: nothing was generated inside its "
+                         "`with diffviz.trace(pipe)` block.")
     word = d.default_word(trace) if word is None else trace.word_indices(word)[0]
     label = d.word_labels(trace)[word]
     frames = _frame_steps(trace.num_steps)
     shown = "" if frames is None else f" Showing {len(frames)} of the {trace.num_steps} steps."
     sections = [
         ("Denoising, step by step",
-         f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy latent "
-         f"it was given. Right: where “{label}” sent its information at that step. Press play.{shown}",
+         f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy "
+         f"latent it was given. Right: where “{label}” sent its information at that step. Press play.{shown}",
          lambda: figures.denoising(trace, word, steps=frames, vae=vae)),
         ("Where each word looks",
          "Each word's cross-attention, averaged over all steps and layers, over the final image. Bright: the "
          "pixels that read this word.", lambda: figures.word_grid(trace)),
         ("When each word matters",
-         "Each word's share of the attention the prompt's words receive, per step. Words that act early shape "
-         "the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
+         "Each word's share of the attention the prompt's words receive, per step. Words that act early "
+         "shape the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
         (f"Where in the U-Net “{label}” acts",
          "One row per cross-attention layer, in the order the U-Net runs them (coarse layers in the middle).",
          lambda: figures.layer_step(trace, word)),
@@ -65,17 +67,20 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None, vae
     if trace.noise_uncond is not None:
         sections.append((
             "What guidance does",
-            f"The model predicts the noise twice: without the prompt and with it. Their difference is what the "
-            f"prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance scale).{shown}",
+            f"The model predicts the noise twice: without the prompt and with it. Their difference is what "
+            f"the prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance "
+            f"scale).{shown}",
             lambda: figures.guidance(trace, steps=frames)))
     sections += [
-        ("Noise schedule", "How much noise is left at each step: sigma falls to zero, alpha-bar rises to one.",
+        ("Noise schedule",
+         "How much noise is left at each step: sigma falls to zero, alpha-bar rises to one.",
          lambda: figures.schedule(trace)),
         ("The final latent", "The image the VAE decodes lives in these latent channels.",
          lambda: figures.channels(trace, -1)),
     ]
     parts = []
-    for i, (title, note, make) in enumerate(tqdm(sections, desc="report", unit="figure", disable=not progress)):
+    bar = tqdm(sections, desc="report", unit="figure", disable=not progress)
+    for i, (title, note, make) in enumerate(bar):
         parts.append(f"<h2>{html.escape(title)}</h2>\n<p class='note'>{html.escape(note)}</p>\n"
                      + _figure_html(make(), f"fig{i}"))
     path.parent.mkdir(parents=True, exist_ok=True)
