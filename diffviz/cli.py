@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-SCHEDULER_NAMES = ("ddim", "euler", "dpm")
+from diffviz.pipelines import SCHEDULERS, set_scheduler
 
 
 class CliError(Exception):
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ex.add_argument("--guidance", type=float, default=7.5,
                     help="classifier-free guidance scale (default: 7.5)")
-    ex.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="sampler (default: the model's own)")
+    ex.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model's own)")
     ex.set_defaults(run=_explain)
 
     rep = sub.add_parser("report", help="write an HTML report from a saved trace",
@@ -97,9 +97,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     pipe = _load(args.model)
     if args.scheduler:
-        from diffviz.testing import SCHEDULERS
-
-        pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config)
+        set_scheduler(pipe, args.scheduler)
     pipe.set_progress_bar_config(desc="denoising", unit="step", leave=True)
     device = getattr(pipe, "device", torch.device("cpu"))
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -63,6 +63,9 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"diffviz": json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved trace is as readable as any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -27,6 +27,21 @@ def check_pipeline(pipe) -> torch.nn.Module:
 
 
 MODEL_ENV = "DIFFVIZ_MODEL"
+SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler"}
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class for "ddim", "euler" or "dpm" (DPM-Solver++)."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, not {name!r}.")
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Swap ``pipe``'s sampler for ``name`` ("ddim", "euler", "dpm"), keeping the model's noise schedule."""
+    pipe.scheduler = scheduler_class(name).from_config(pipe.scheduler.config)
 
 
 def load_pipeline(path: str | Path | None = None, device: str | torch.device | None = None,

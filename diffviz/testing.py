@@ -9,33 +9,22 @@ text encoders, random weights, a small vocabulary), for speed and memory benchma
 from __future__ import annotations
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .classroom.tokenizer import build_tokenizer
-
-SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
+from .pipelines import scheduler_class
 WORDS = ("a an the red green blue yellow purple orange circle square triangle left right of above below "
          "photo cat dog large small and on in").split()
 
 
 def scheduler(name: str = "ddim"):
     """A scheduler with Stable Diffusion's noise schedule: "ddim", "euler" or "dpm" (DPM-Solver++)."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, not {name!r}.")
     kw = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
               steps_offset=1)
     if name == "ddim":
         kw |= dict(clip_sample=False, set_alpha_to_one=False)
-    return SCHEDULERS[name](**kw)
+    return scheduler_class(name)(**kw)
 
 
 def _clip(tokenizer, hidden: int, layers: int, with_projection: bool = False, heads: int = 4, mlp: int = 2):
