@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from . import viz
 
         return getattr(viz, name)
+    if name == "classroom":
+        import importlib
+
+        return importlib.import_module(".classroom", __name__)
     raise AttributeError(f"module 'diffviz' has no attribute {name!r}")
