@@ -152,7 +152,7 @@ def test_lesson8_profiles_and_checks(head_traces):
     layer = tr.layers[0]
     mass = tr.attn[layer.name].float().sum((-2, -1)).mean(0)  # [head, token]
     rel = [i for i, t in enumerate(tr.tokens) if t.word is not None and tr.words[t.word] in KINDS["relation"]]
-    one, _, one_shares = lesson8.head_profiles(head_traces[:1], KINDS)
+    _, _, one_shares = lesson8.head_profiles(head_traces[:1], KINDS)
     assert torch.allclose(one_shares[0, 0], mass[0, rel].sum() / mass[0].sum(), atol=1e-5)
 
     right = lesson8.top_head(heads, kinds, shares, "colour")

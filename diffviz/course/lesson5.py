@@ -55,4 +55,4 @@ def check_better_predictor(answer: str | None, attention: torch.Tensor, attribut
                    "x = the attention per word and x = attribution.word_scores, and pick the larger.")
 
 
-__all__ = ["check_top_attention", "check_share", "check_better_predictor"]
+__all__ = ["check_better_predictor", "check_share", "check_top_attention"]

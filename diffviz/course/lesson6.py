@@ -77,4 +77,4 @@ def check_outside_change(answer: float | None, original, inpainted, mask: np.nda
                    "[H, W]; average it where the mask is False.")
 
 
-__all__ = ["rgb", "foreground", "iou", "box_share", "check_steering", "check_layout", "check_outside_change"]
+__all__ = ["box_share", "check_layout", "check_outside_change", "check_steering", "foreground", "iou", "rgb"]

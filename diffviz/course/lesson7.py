@@ -57,4 +57,4 @@ def check_most_common_colour(answer: str | None, colours: Sequence[str]) -> bool
                    "collections.Counter(colours).most_common(1) gives the colour found most often.")
 
 
-__all__ = ["latent_cells", "rate", "check_latent_cells", "check_generalisation_gap", "check_most_common_colour"]
+__all__ = ["check_generalisation_gap", "check_latent_cells", "check_most_common_colour", "latent_cells", "rate"]

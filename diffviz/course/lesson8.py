@@ -86,4 +86,4 @@ def check_largest_effect(answer: str | None, effects: Mapping[str, float]) -> bo
                    f"answer one of {list(effects)}: the key with the largest value.")
 
 
-__all__ = ["Head", "head_profiles", "top_head", "check_total_heads", "check_top_head", "check_largest_effect"]
+__all__ = ["Head", "check_largest_effect", "check_top_head", "check_total_heads", "head_profiles", "top_head"]

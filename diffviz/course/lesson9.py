@@ -75,5 +75,12 @@ def check_heads_megabytes(answer: float | None, pipe, trace: Trace | None) -> bo
                    "heads=True)['attention'] / 1e6.")
 
 
-__all__ = ["SKIPPED", "split_words", "check_split_words", "resolutions", "check_resolutions",
-           "attention_megabytes", "check_heads_megabytes"]
+__all__ = [
+    "SKIPPED",
+    "attention_megabytes",
+    "check_heads_megabytes",
+    "check_resolutions",
+    "check_split_words",
+    "resolutions",
+    "split_words",
+]
