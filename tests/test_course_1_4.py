@@ -181,7 +181,7 @@ def test_check_least_diverse(seed_images):
 
 def test_check_seed_vs_word(seed_images):
     same, edited = seed_images
-    rms = lambda a, b: np.sqrt(((a.astype(np.float64) - b) ** 2).mean())  # noqa: E731 (units cancel)
+    rms = lambda a, b: np.sqrt(((a.astype(np.float64) - b) ** 2).mean())
     right = rms(same[0], same[1]) / rms(same[0], edited)
     assert lesson4.check_seed_vs_word(right, same[0], edited, same[1])
     assert not lesson4.check_seed_vs_word(1 / right, same[0], edited, same[1])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -56,7 +56,14 @@ def check_seed_vs_word(answer, base, word_changed, seed_changed) -> bool:
 def training_pictures(caption: str, n: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` new classroom training pictures ([H, W, 3] uint8) for ``caption``, drawn the way the training
     data draws them: free layout, and a size or colour the caption leaves open drawn as in training."""
-    from ..classroom.data import COLOURLESS_DISTRIBUTION, HELD_OUT_COMBOS, SIZES, Obj, make_scene, parse_caption
+    from ..classroom.data import (
+        COLOURLESS_DISTRIBUTION,
+        HELD_OUT_COMBOS,
+        SIZES,
+        Obj,
+        make_scene,
+        parse_caption,
+    )
 
     objects, relation = parse_caption(caption)
     rng = np.random.default_rng(seed)
