@@ -180,22 +180,28 @@ class Trace:
 
     # ---- images -------------------------------------------------------------------------------
     def preview(self, step: int, of: str = "x0") -> torch.Tensor:
-        """[H, W, 3] uint8 fast linear preview of ``of`` ("x0" or "latents") at ``step``, no VAE needed."""
-        latents = {"x0": self.x0, "latents": self.latents}
-        if of not in latents:
-            raise ValueError(f"of must be 'x0' or 'latents', not {of!r}.")
+        """[H, W, 3] uint8 fast linear preview of ``of`` ("x0" or "latents") at ``step``, no VAE needed.
+        For "latents", ``step`` runs to ``num_steps`` (the final latents) and -1 is the last of them."""
         if self.preview_weight is None:
             raise ValueError("this trace has no preview map (the pipeline never decoded an image, e.g. "
                              "output_type='latent'); use trace.decode(step, vae=pipe.vae) instead.")
-        s = self.step_indices(step)[0] if of == "x0" else step
-        if of == "latents" and not -len(self.latents) <= step < len(self.latents):
-            raise IndexError(f"latents index {step} is out of range 0..{len(self.latents) - 1}.")
-        return preview(latents[of][s], self.preview_weight, (self.height, self.width))
+        return preview(self._latents_of(of, step), self.preview_weight, (self.height, self.width))
 
     def decode(self, step: int, vae: torch.nn.Module, of: str = "x0") -> torch.Tensor:
         """[H, W, 3] uint8: ``of`` at ``step`` decoded by the VAE (exact, slower than ``preview``)."""
-        s = self.step_indices(step)[0]
-        return decode(vae, (self.x0 if of == "x0" else self.latents)[s])
+        return decode(vae, self._latents_of(of, step))
+
+    def _latents_of(self, of: str, step: int) -> torch.Tensor:
+        """[C, h, w]: x0 at a step, or latents at a step boundary (0..num_steps)."""
+        if of == "x0":
+            return self.x0[self.step_indices(step)[0]]
+        if of == "latents":
+            n = len(self.latents)
+            if not -n <= step < n:
+                raise IndexError(f"latents index {step} is out of range: this trace has {n} (0..{n - 1}; "
+                                 f"latents[i] enters step i, latents[{n - 1}] is the final one).")
+            return self.latents[step]
+        raise ValueError(f"of must be 'x0' or 'latents', not {of!r}.")
 
     # ---- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -3,7 +3,8 @@
     python notebooks/strip_outputs.py notebooks/*.ipynb
 
 Keeps text and PNG outputs (small, and shown by GitHub's viewer); drops plotly figures, widget
-views and HTML (large, and they need JavaScript or a live kernel). Execution counts are cleared.
+views and HTML (large, and they need JavaScript or a live kernel). Execution counts stay: nbval
+refuses a cell that has outputs but no execution count.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ def strip(path: Path) -> None:
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
-        cell["execution_count"] = None
         kept = []
         for out in cell.get("outputs", []):
             if "data" in out:
@@ -30,7 +30,7 @@ def strip(path: Path) -> None:
                     data.pop("image/png")
                 if "image/png" in data or "application/vnd.plotly.v1+json" not in out["data"]:
                     if data:
-                        kept.append({**out, "data": data, **({"execution_count": None} if "execution_count" in out else {})})
+                        kept.append({**out, "data": data})
                 continue
             kept.append(out)
         cell["outputs"] = kept

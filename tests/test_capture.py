@@ -235,6 +235,7 @@ def test_img2img_traces_the_steps_it_runs(sd_pipe):
 def test_previews_and_vae_decode(traced, sd_pipe):
     image, tr = traced
     last = tr.decode(-1, sd_pipe.vae, of="latents")
+    assert torch.equal(last, tr.decode(4, sd_pipe.vae, of="latents"))  # index num_steps = the final latents
     assert last.shape == (64, 64, 3) and last.dtype == torch.uint8
     # decoding the final latents reproduces the output image (to rounding: kernels may differ)
     assert (last.int() - tr.image.int()).abs().max() <= 1
@@ -244,3 +245,12 @@ def test_previews_and_vae_decode(traced, sd_pipe):
     # the linear preview is a least-squares fit on this very image: closer to it than a flat grey
     grey = torch.full_like(tr.image, 128)
     assert (p.float() - tr.image.float()).abs().mean() < (grey.float() - tr.image.float()).abs().mean()
+
+
+def test_an_empty_prompt_traces_with_no_words(sd_pipe):
+    with diffviz.trace(sd_pipe, tokens="special") as tr:
+        generate(sd_pipe, "")
+    assert tr.words == [] and [t.text for t in tr.tokens] == ["<|startoftext|>", "<|endoftext|>"]
+    assert tr.heatmap(tokens=0).shape == (64, 64)
+    with pytest.raises(ValueError, match="no tokens selected"):
+        tr.heatmap()

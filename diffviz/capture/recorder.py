@@ -285,7 +285,7 @@ class Recorder:
     def positions_on(self, device: torch.device) -> torch.Tensor:
         """The stored token positions as an index tensor on ``device`` (made once per device)."""
         if device not in self._positions:
-            self._positions[device] = torch.tensor(self.positions, device=device)
+            self._positions[device] = torch.tensor(self.positions, dtype=torch.long, device=device)
         return self._positions[device]
 
     def finish_early(self) -> None:
