@@ -138,21 +138,24 @@ def classroom():
 
 @pytest.mark.slow
 def test_suppressing_a_word_removes_its_object(classroom):
-    """Suppress an object's colour and shape words: its object is gone, the other object stays."""
+    """Suppress an object's colour and shape words: its object is gone, the other object stays.
+
+    Not red: the training data draws an object whose colour is not named red most of the time, so with
+    "red" suppressed the model still tends to draw red (its learned default), a lesson of its own."""
     from diffviz.classroom.judge import find_objects
 
-    prompt = "a red circle left of a green triangle"
+    prompt = "a yellow square left of a green circle"
     kw = {"num_inference_steps": 20}
     had = removed = kept = 0
     for seed in range(6):
         plain = classroom(prompt, generator=torch.Generator().manual_seed(seed), **kw).images[0]
         colours = {f.colour for f in find_objects(plain)}
-        if not {"red", "green"} <= colours:
+        if not {"yellow", "green"} <= colours:
             continue
-        img, tr = edit.suppress(classroom, prompt, ["red", "circle"], seed=seed, **kw)
+        img, _ = edit.suppress(classroom, prompt, ["yellow", "square"], seed=seed, **kw)
         after = {f.colour for f in find_objects(img)}
         had += 1
-        removed += "red" not in after
+        removed += "yellow" not in after
         kept += "green" in after
     if had < 2:
         pytest.skip(f"the classroom model drew both objects for only {had} of 6 seeds")
