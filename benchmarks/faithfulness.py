@@ -18,6 +18,13 @@ colour alone), prints:
   (judge: an object of the asked colour and shape whose centre is inside), against the same seeds
   without steering (seeds 100, 101, ...: not those the steering settings were chosen on). Single-object
   prompts and the first object of two-object prompts.
+
+Measured 2026-11-26 on a shared 2-core CPU (1 torch thread, ~230 s), classroom model at training step
+3716 (defaults: 20 prompts x 2 seeds, 20 DDIM steps, guidance 7.5; 78 regions):
+suppression 81.8% of 512 pairs (top word is the most-changing word in 38.5% of regions); Spearman
+attention vs IG per region +0.29 (median +0.30); ranking words by suppression effect: attention +0.73,
+IG +0.33; box steering 37.5% vs 8.3% unsteered (single, n=24), 35.0% vs 7.5% (first of two, n=40).
+At step 2514: 82.6%, +0.31, +0.72 / +0.39, steering (all steps, tuning seeds) 29.2% vs 12.5%.
 """
 
 from __future__ import annotations
