@@ -9,18 +9,21 @@ from .trace import Layer, Token, Trace  # noqa: E402
 
 __all__ = [
     "trace", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
-    "CaptureError", "TraceFileError", "explore", "report", "__version__",
+    "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution", "Agreement",
+    "edit", "classroom", "__version__",
 ]
+_LAZY = {  # attribute -> module: plotly, ipywidgets and captum load only when used
+    "explore": ".viz", "report": ".viz", "attribute": ".attribution", "agreement": ".attribution",
+    "Attribution": ".attribution", "Agreement": ".attribution", "edit": None, "classroom": None,
+}
 
 
 def __getattr__(name: str):
-    # the figures need plotly and ipywidgets (the "notebooks" extra): import them only when used
-    if name in ("explore", "report"):
-        from . import viz
+    import importlib
 
-        return getattr(viz, name)
-    if name == "classroom":
-        import importlib
-
-        return importlib.import_module(".classroom", __name__)
-    raise AttributeError(f"module 'diffviz' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'diffviz' has no attribute {name!r}")
+    module = _LAZY[name]
+    if module is None:  # a submodule
+        return importlib.import_module(f".{name}", __name__)
+    return getattr(importlib.import_module(module, __name__), name)

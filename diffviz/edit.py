@@ -15,14 +15,13 @@ prefix ("up_blocks.1"), block ("down", "mid", "up") or resolution ("8x8").
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .attribution import Region, pool, region_mask
-from .capture import Attn2Processor
+from .capture import processors, prompt_attn1_layers
 from .capture import trace as trace_ctx
 from .capture.recorder import attn2_layers
 from .pipelines import check_pipeline
@@ -114,26 +113,6 @@ def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch
     return edit
 
 
-@contextmanager
-def _cross_attn1(pipe, edit: Callable[[str, torch.Tensor], torch.Tensor]) -> Iterator[list[str]]:
-    """Also edit ``attn1`` layers that attend to the prompt (``only_cross_attention`` models).
-    Yields their names; restores the saved processors on exit."""
-    unet = pipe.unet
-    modules = dict(unet.named_modules())
-    saved = dict(unet.attn_processors)
-    names = [k.removesuffix(".processor") for k in saved if k.endswith("attn1.processor")
-             and getattr(modules[k.removesuffix(".processor")], "is_cross_attention", False)]
-    if not names:
-        yield names
-        return
-    try:
-        unet.set_attn_processor({k: Attn2Processor(k.removesuffix(".processor"), None, edit)
-                                 if k.removesuffix(".processor") in names else p for k, p in saved.items()})
-        yield names
-    finally:
-        unet.set_attn_processor(saved)
-
-
 def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, layers: Layers, seed: int,
               check_first: Callable[[torch.Tensor], None] | None = None, **call_kwargs):
     """Run ``pipe(prompt)`` once with ``change`` applied to ``words``' attention; -> (image, trace)."""
@@ -154,7 +133,7 @@ def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, 
     edit = _make_edit(run, change)
     handle = unet.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        with trace_ctx(pipe, edit=edit) as tr, _cross_attn1(pipe, edit):
+        with trace_ctx(pipe, edit=edit) as tr, processors(pipe, prompt_attn1_layers(unet), edit=edit):
             run.trace = tr
             generator = torch.Generator().manual_seed(seed)
             image = pipe(prompt, generator=generator, **call_kwargs).images[0]

@@ -8,22 +8,10 @@ import torch
 
 import diffviz
 from diffviz.attribution import _StepModel, agreement, attribute, region_attention, region_mask, spearman
-
 from diffviz.testing import tiny_pipeline
 
 from .conftest import PROMPT, generate
 from .test_capture import assert_same, snapshot
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these are many tiny ops, and on a shared 2-core machine a second intra-op
-    thread made them about 5x slower (measured: IG/saliency 3.1 s -> 0.6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ from .test_capture import assert_same, snapshot
 
 KW = dict(num_inference_steps=4, height=64, width=64)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these are many tiny ops, and on a shared 2-core machine a second intra-op
-    thread made them about 5x slower (measured: IG/saliency 3.1 s -> 0.6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 
@@ -107,6 +99,7 @@ def test_pipeline_is_restored_after_an_edit_that_raises(sd_pipe):
 
 def test_cross_attention_attn1_is_edited_too():
     """Models built with only_cross_attention read the prompt in attn1 as well; edits reach it."""
+    from diffviz.capture import processors, prompt_attn1_layers
     from diffviz.classroom.model import assemble, build_components
 
     pipe = assemble(build_components(seed=0))
@@ -118,7 +111,7 @@ def test_cross_attention_attn1_is_edited_too():
         seen.add(layer.rsplit(".", 1)[-1])
         return probs
 
-    with edit._cross_attn1(pipe, spy) as names:
+    with processors(pipe, prompt_attn1_layers(pipe.unet), edit=spy) as names:
         assert names and all(n.endswith("attn1") for n in names)
         pipe("a red circle", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert seen == {"attn1"}

@@ -10,8 +10,10 @@ object.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
+
+import torch
 
 from ..pipelines import check_pipeline
 from ..trace import Trace
@@ -20,12 +22,13 @@ from .recorder import DEFAULT_MAX_BYTES, Recorder, attn2_layers
 
 
 @contextmanager
-def attn2_processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None,
-                     layers: str | Sequence[str] | None = None) -> Iterator[list[str]]:
-    """Install an ``Attn2Processor`` on the selected attn2 layers; yields their names."""
+def processors(pipe, names: Sequence[str], *, sink: Sink | None = None,
+               edit: Edit | None = None) -> Iterator[list[str]]:
+    """Install an ``Attn2Processor`` on the attention modules ``names`` (module paths); yields them.
+    On exit every processor of the U-Net is set back to the one it had."""
     unet = check_pipeline(pipe)
     saved = dict(unet.attn_processors)
-    names = list(attn2_layers(unet, layers))
+    names = list(names)
     replaced = {key: (Attn2Processor(key.removesuffix(".processor"), sink, edit)
                       if key.removesuffix(".processor") in names else proc) for key, proc in saved.items()}
     try:
@@ -33,6 +36,19 @@ def attn2_processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None
         yield names
     finally:
         unet.set_attn_processor(saved)
+
+
+def attn2_processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None,
+                     layers: str | Sequence[str] | None = None):
+    """Install an ``Attn2Processor`` on the selected attn2 layers (context manager; yields their names)."""
+    return processors(pipe, list(attn2_layers(check_pipeline(pipe), layers)), sink=sink, edit=edit)
+
+
+def prompt_attn1_layers(unet: torch.nn.Module) -> list[str]:
+    """``attn1`` modules that read the prompt, in U-Nets built with ``only_cross_attention``
+    (the classroom model); empty for Stable Diffusion, where attn1 is self-attention."""
+    return [name for name, m in unet.named_modules()
+            if name.endswith("attn1") and getattr(m, "is_cross_attention", False)]
 
 
 @contextmanager

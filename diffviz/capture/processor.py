@@ -8,7 +8,8 @@ itself, lets the edit change them, and uses them for the output (prompt-to-promp
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

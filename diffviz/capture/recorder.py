@@ -15,7 +15,7 @@ import inspect
 import json
 import math
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -231,7 +231,7 @@ class Recorder:
                     words.append(piece)
                     piece = ""
             tokens.append(Token(pos, texts[pos], word))
-        keep = {"prompt": range(1, n), "special": range(0, n + 1), "all": range(len(ids))}[self.tokens_mode]
+        keep = {"prompt": range(1, n), "special": range(n + 1), "all": range(len(ids))}[self.tokens_mode]
         self.positions = list(keep)
         self.trace.words, self.trace.tokens = words, [tokens[p] for p in keep]
         self.trace.prompt = self.tokenizer.decode(ids[1:n])
