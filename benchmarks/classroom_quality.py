@@ -67,10 +67,12 @@ def localisation(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
     import diffviz
 
     all_ious, correct_ious, per_kind = [], [], {"colour": [], "shape": []}
+    per_head: dict[tuple[str, int], list[float]] = {}  # diagnostic: one layer, one head
+    per_res: dict[str, list[float]] = {}  # diagnostic: head mean over the layers of one resolution
     missing = 0
     for prompt in prompts:
         for seed in seeds:
-            with diffviz.trace(pipe) as tr:
+            with diffviz.trace(pipe, heads=True) as tr:
                 img = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
                            generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
             img = (img * 255).round().astype(np.uint8)
@@ -89,10 +91,20 @@ def localisation(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
                 per_kind[kind].append(value)
                 if verdict["correct"]:
                     correct_ious.append(value)
+                for res in sorted({layer.resolution for layer in tr.layers}):
+                    h = tr.word_heatmap(wi, layers=res).numpy()
+                    per_res.setdefault(res, []).append(iou(h >= THRESHOLD * h.max(), found.mask))
+                for layer in tr.layers:
+                    for head in range(tr.attn[layer.name].shape[1]):
+                        h = tr.word_heatmap(wi, layers=layer.name, heads=head).numpy()
+                        per_head.setdefault((layer.name, head), []).append(iou(h >= THRESHOLD * h.max(), found.mask))
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return {"miou": mean(all_ious), "miou_correct_images": mean(correct_ious), "n_words": len(all_ious),
             "words_without_object": missing, "miou_colour": mean(per_kind["colour"]),
-            "miou_shape": mean(per_kind["shape"])}
+            "miou_shape": mean(per_kind["shape"]),
+            "miou_by_resolution": {r: mean(v) for r, v in per_res.items()},
+            "best_single_head": max(([f"{l}/head{h}", mean(v)] for (l, h), v in per_head.items()),
+                                    key=lambda x: x[1], default=None)}
 
 
 def diversity(pipe, steps: int, guidance: float, n_seeds: int = 8) -> dict:
@@ -146,6 +158,8 @@ def main(argv=None) -> dict:
     print(f"attention mIoU:         {loc['miou']:.3f}  (colour {loc['miou_colour']:.3f}, shape "
           f"{loc['miou_shape']:.3f}; on fully correct images {loc['miou_correct_images']:.3f}; "
           f"{loc['n_words']} words, {loc['words_without_object']} without a drawn object)  [bar 0.6]")
+    print(f"  diagnostics: by resolution {json.dumps({k: round(v, 3) for k, v in loc['miou_by_resolution'].items()})}; "
+          f"best single head {loc['best_single_head']}")
     print(f"diversity:              centre std {div['centre_std_px']:.2f} px over seeds "
           f"(training data {div['training_data_centre_std_px']:.2f}), share large {div['share_large']:.2f}, "
           f"mean pixel diff between seeds {div['mean_pairwise_pixel_diff']:.1f}/255")
