@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from ..pipelines import MODEL_ENV
 
 ON_CLASSROOM_MODEL = not os.environ.get(MODEL_ENV)  # lessons adapt their prompts to the model
@@ -21,3 +23,13 @@ def verdict(answer, ok: bool, right: str, hint: str) -> bool:
         return False
     print(f"✓ Right: {right}" if ok else f"✗ Not yet. Hint: {hint}")
     return bool(ok)
+
+
+def tensor_answer(answer, ref: torch.Tensor, hint: str) -> tuple[bool, str]:
+    """Is ``answer`` a tensor of ``ref``'s shape, equal to it up to float16 rounding? -> (ok, hint)."""
+    if answer is None:
+        return False, hint
+    a = torch.as_tensor(answer).float()
+    if tuple(a.shape) != tuple(ref.shape):
+        return False, f"your tensor has shape {list(a.shape)}, not {list(ref.shape)}. " + hint
+    return bool((a - ref).norm() <= 2e-3 * ref.norm() + 1e-6), hint

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..trace import Trace
-from . import verdict
+from . import tensor_answer, verdict
 
 
 def x0_from_noise(trace: Trace, step: int) -> torch.Tensor:
@@ -37,13 +37,7 @@ def check_x0(answer, trace: Trace, step: int) -> bool:
     ref = x0_from_noise(trace, step)  # float64 maths on the stored tensors; equals trace.x0 under DDIM
     hint = (f"x0 = (latents[{step}] - sqrt(1 - alpha_bar[{step}]) * noise_guided[{step}]) / sqrt(alpha_bar[{step}]); "
             f"the result has the shape of one latent, {list(ref.shape)}.")
-    ok = False
-    if answer is not None:
-        a = torch.as_tensor(answer).float()
-        if tuple(a.shape) != tuple(ref.shape):
-            hint = f"your tensor has shape {list(a.shape)}; x0 at one step has shape {list(ref.shape)}. " + hint
-        else:
-            ok = bool((a - ref).norm() <= 2e-3 * ref.norm() + 1e-6)  # room for float16 rounding
+    ok, hint = tensor_answer(answer, ref, hint)
     return verdict(answer, ok, f"that is the model's own predicted x0 at step {step}.", hint)
 
 

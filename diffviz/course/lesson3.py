@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..trace import Trace
-from . import verdict
+from . import tensor_answer, verdict
 
 
 def guided(trace: Trace, step: int) -> torch.Tensor:
@@ -36,13 +36,7 @@ def check_guided(answer, trace: Trace, step: int) -> bool:
     ref = guided(trace, step)
     hint = (f"combine trace.noise_uncond[{step}] and trace.noise_cond[{step}] with trace.guidance_scale; "
             f"the result has shape {list(ref.shape)}.")
-    ok = False
-    if answer is not None:
-        a = torch.as_tensor(answer).float()
-        if tuple(a.shape) != tuple(ref.shape):
-            hint = f"your tensor has shape {list(a.shape)}, not {list(ref.shape)}. " + hint
-        else:
-            ok = bool((a - ref).norm() <= 2e-3 * ref.norm() + 1e-6)  # room for float16 rounding
+    ok, hint = tensor_answer(answer, ref, hint)
     return verdict(answer, ok, "that is the noise prediction the sampler used at this step.", hint)
 
 
