@@ -25,10 +25,8 @@ from .capture import processors, prompt_attn1_layers
 from .capture import trace as trace_ctx
 from .capture.recorder import attn2_layers
 from .pipelines import check_pipeline
-from .trace import Trace
+from .trace import Layers, Steps, Trace
 
-Steps = int | slice | Sequence[int] | None
-Layers = str | Sequence[str] | None
 Words = str | int | Sequence[str | int]
 # (probs [batch, head, query, token] of the conditional half, layer, step, positions) -> new probs
 Change = Callable[[torch.Tensor, "_Call"], torch.Tensor]
