@@ -1,8 +1,9 @@
 """Trace files (``.dvz``): one safetensors file whose header metadata holds the JSON description.
 
 Loading never unpickles: safetensors holds raw tensors, the rest is JSON. A SHA-256 over every
-tensor (name, dtype, shape, bytes) is stored and checked, so a truncated or edited file is refused
-with a message rather than read as wrong numbers. Saving writes a temporary file and renames it,
+tensor (name, dtype, shape, bytes) and over the JSON description itself (every field except the
+checksum) is stored and checked, so a truncated file, or one edited in its tensors or its header
+(a prompt, a scheduler name), is refused with a message rather than read as wrong numbers or words. Saving writes a temporary file and renames it,
 so an interrupted save never leaves a half-written trace under the final name.
 """
 
@@ -22,7 +23,7 @@ from . import __version__
 from .trace import Layer, Token, Trace
 
 FORMAT = "diffviz-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the JSON description too
 _TENSORS = ("timesteps", "alpha_bar", "sigma", "latents", "x0", "noise_cond", "noise_uncond", "image",
             "preview_weight")
 
@@ -31,8 +32,11 @@ class TraceFileError(ValueError):
     """A file that is not a readable diffviz trace; the message says why."""
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def _checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """SHA-256 of the description (canonical JSON, without "sha256") and of every tensor."""
     h = hashlib.sha256()
+    described = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(described, sort_keys=True, ensure_ascii=True).encode() + b"|")
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -56,8 +60,8 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
         "layers": [[l.name, list(l.size), l.heads] for l in trace.layers],
         "height": trace.height, "width": trace.width, "guidance_scale": trace.guidance_scale,
         "model": trace.model, "scheduler": trace.scheduler, "options": trace.options,
-        "sha256": _checksum(tensors),
     }
+    meta["sha256"] = _checksum(tensors, json.loads(json.dumps(meta)))  # as it will read back
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -77,6 +81,9 @@ def load_trace(path: str | Path) -> Trace:
     """Read a trace written by ``Trace.save``. Raises TraceFileError for a file that is truncated,
     edited, of another format version, or not a trace at all."""
     path = Path(path)
+    if path.is_dir():
+        raise TraceFileError(f"{str(path)!r} is a folder; give the path of a trace file (.dvz) inside it"
+                             f"{_listing(path)}.")
     if not path.is_file():
         raise FileNotFoundError(f"no trace file at {str(path)!r}.")
     try:
@@ -90,27 +97,48 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz trace (no 'diffviz' metadata).")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # bad JSON, or a number beyond Python's limits
         raise TraceFileError(f"{str(path)!r} has damaged trace metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise TraceFileError(f"{str(path)!r} has damaged trace metadata (not a JSON object).")
     version = meta.get("format_version")
     if meta.get("format") != FORMAT or version != FORMAT_VERSION:
         raise TraceFileError(
             f"{str(path)!r} is trace format version {version!r}; this diffviz ({__version__}) reads version "
-            f"{FORMAT_VERSION}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')})."
+            f"{FORMAT_VERSION}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')!r})"
+            ", or generate the trace again."
         )
-    if _checksum(tensors) != meta.get("sha256"):
-        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch); "
-                             "regenerate it or restore the original file.")
-    return Trace(
-        prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
-        tokens=[Token(p, t, w) for p, t, w in meta["tokens"]],
-        layers=[Layer(n, tuple(s), h) for n, s, h in meta["layers"]],
-        height=meta["height"], width=meta["width"], guidance_scale=meta["guidance_scale"],
-        timesteps=tensors["timesteps"], alpha_bar=tensors["alpha_bar"], sigma=tensors["sigma"],
-        latents=tensors["latents"], x0=tensors["x0"], noise_cond=tensors["noise_cond"],
-        noise_uncond=tensors.get("noise_uncond"),
-        attn={k.removeprefix("attn/"): v for k, v in tensors.items() if k.startswith("attn/")},
-        attn_uncond={k.removeprefix("attn_uncond/"): v for k, v in tensors.items() if k.startswith("attn_uncond/")},
-        image=tensors.get("image"), preview_weight=tensors.get("preview_weight"),
-        model=meta["model"], scheduler=meta["scheduler"], options=meta["options"],
-    )
+    try:
+        intact = _checksum(tensors, meta) == meta.get("sha256")
+    except (RuntimeError, TypeError, ValueError):  # e.g. a tensor whose bytes cannot be viewed
+        intact = False
+    if not intact:
+        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch "
+                             "over its tensors and description); regenerate it or restore the original file.")
+    try:
+        return Trace(
+            prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
+            tokens=[Token(p, t, w) for p, t, w in meta["tokens"]],
+            layers=[Layer(n, tuple(s), h) for n, s, h in meta["layers"]],
+            height=meta["height"], width=meta["width"], guidance_scale=meta["guidance_scale"],
+            timesteps=tensors["timesteps"], alpha_bar=tensors["alpha_bar"], sigma=tensors["sigma"],
+            latents=tensors["latents"], x0=tensors["x0"], noise_cond=tensors["noise_cond"],
+            noise_uncond=tensors.get("noise_uncond"),
+            attn={k.removeprefix("attn/"): v for k, v in tensors.items() if k.startswith("attn/")},
+            attn_uncond={k.removeprefix("attn_uncond/"): v for k, v in tensors.items()
+                         if k.startswith("attn_uncond/")},
+            image=tensors.get("image"), preview_weight=tensors.get("preview_weight"),
+            model=meta["model"], scheduler=meta["scheduler"], options=meta["options"],
+        )
+    except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
+        raise TraceFileError(f"{str(path)!r} is missing part of a trace ({type(err).__name__}: {err}); it was "
+                             "not written by Trace.save.") from None
+
+
+def _listing(folder: Path) -> str:
+    """", e.g. 'run.dvz'" naming up to three trace files in ``folder``, or ""."""
+    try:
+        found = sorted(p.name for p in folder.glob("*.dvz"))[:3]
+    except OSError:
+        return ""
+    return f", e.g. {', '.join(repr(n) for n in found)}" if found else " (it holds no .dvz file)"
