@@ -54,10 +54,10 @@ def browser():
         b.close()
 
 
-def offline_page(browser, allowed_host: str | None = None, height: int = 1000):
+def offline_page(browser, allowed_host: str | None = None, height: int = 1000, width: int = 1280):
     """A new page whose requests to anywhere but file:, data:, blob: and ``allowed_host`` are
     aborted; returns (page, blocked URLs)."""
-    context = browser.new_context(viewport={"width": 1280, "height": height})
+    context = browser.new_context(viewport={"width": width, "height": height})
     blocked: list[str] = []
 
     def route(r):
@@ -170,27 +170,56 @@ def jupyterlab(traced, tmp_path_factory):
         log.close()
 
 
-def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyterlab, screenshots):
+def open_notebook(browser, jupyterlab, name: str):
+    """Open ``name`` in JupyterLab, wait for its kernel, run every cell as a user would (Run > Run
+    All Cells) and wait until the first plotly figure of the outputs is drawn; returns (page,
+    blocked URLs, the figure's locator)."""
     base, token = jupyterlab
-    page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300)
-    page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+    page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300, width=1400)
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
     page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
                            timeout=90_000)
-    # wait for the kernel, then run every cell as a user would (Run > Run All Cells)
     page.wait_for_function("""() => {
         const nb = window.jupyterapp.shell.currentWidget;
         return nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel
             && nb.sessionContext.session.kernel.status === 'idle'; }""", timeout=90_000)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-    plot = page.locator(".jp-OutputArea .js-plotly-plot")
-    plot.first.wait_for(state="visible", timeout=120_000)
+    plot = page.locator(".jp-OutputArea .js-plotly-plot").first
+    plot.wait_for(state="visible", timeout=120_000)
     page.wait_for_function("""() => { const gd = document.querySelector('.jp-OutputArea .js-plotly-plot');
-        return gd && gd._fullData && gd._fullData.length === 12
+        return gd && gd._fullData && gd._fullData.some(t => t.type === 'heatmap')
             && gd.querySelectorAll('g.imagelayer image, image').length >= 3; }""", timeout=60_000)
-    before = plot.first.evaluate(FIRST_IMAGE_HREF)
+    return page, blocked, plot
+
+
+# the width the figure has, and the width of the notebook output it sits in (px)
+WIDTHS = """gd => [gd._fullLayout.width, gd.closest('.jp-OutputArea-output').getBoundingClientRect().width]"""
+
+
+def test_explorer_first_frame_shows_the_image_under_a_half_transparent_map_at_full_width(
+        browser, jupyterlab, screenshots):
+    page, blocked, plot = open_notebook(browser, jupyterlab, "explore.ipynb")
+    # as drawn, before any interaction: the heat map keeps the opacity its slider shows
+    opacity = plot.evaluate("gd => gd._fullData.find(t => t.type === 'heatmap').opacity")
+    slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="opacity")
+    assert opacity == pytest.approx(float(slider.locator(".widget-readout").inner_text()))
+    assert opacity == pytest.approx(0.6)
+    # and the figure fills the output area (it must not wait for a first interaction to resize)
+    page.wait_for_timeout(1500)
+    width, room = plot.evaluate(WIDTHS)
+    assert room > 900, f"the output area is only {room:.0f} px wide in a 1400 px window"
+    assert width >= room - 40, f"the figure is {width} px wide in a {room:.0f} px output area"
+    shot = screenshots / "explorer_first_frame.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert blocked == [], f"JupyterLab or the explorer tried to reach the network: {blocked[:5]}"
+    page.context.close()
+
+
+def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyterlab, screenshots):
+    page, blocked, plot = open_notebook(browser, jupyterlab, "explore.ipynb")
+    before = plot.evaluate(FIRST_IMAGE_HREF)
     assert before.startswith("data:image/png;base64,")
-    assert "step 0" in plot.first.locator(".annotation-text").first.text_content()
+    assert "step 0" in plot.locator(".annotation-text").first.text_content()
 
     # move the step slider with the keyboard, as a user can: two steps to the right
     slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="step")
@@ -213,3 +242,4 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
     assert shot.stat().st_size > 20_000
     assert blocked == [], f"JupyterLab or the explorer tried to reach the network: {blocked[:5]}"
     page.context.close()
+

@@ -6,6 +6,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from plotly.basedatatypes import Undefined
 
 import diffviz
 from diffviz import heatmap
@@ -100,6 +101,32 @@ def test_layer_filter_and_head_picker(app, heads_trace):
     app.layers.value = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"  # 2 heads: head 3 is gone
     assert app.heads.value == -1 and len(app.heads.options) == 3
     np.testing.assert_allclose(heat(app), expected(heads_trace, "red", "down_blocks.0")[0], atol=1e-6)
+
+
+def test_no_update_unsets_a_property_in_the_browser(heads_trace):
+    """plotly.js's widget model applies each update to the copy of the figure it draws from (again
+    whenever the output is shown), writing ``undefined`` for a trace an update names no value for: the
+    heat map's opacity was lost that way. An update may leave out only what a trace does not have."""
+    app = explore(heads_trace, ["red"])
+    fig, sent = app.figure, []
+    fig.observe(lambda change: sent.append(change["new"]), ["_py2js_restyle", "_py2js_update"])
+    app.step.value = 2
+    app.words.value = (1, 6)
+    app.layers.value = "16x16"
+    app.opacity.value = 0.3
+    app.words.value = ()
+    msgs = [m for m in sent if m]
+    assert msgs
+    for m in msgs:
+        traces = m.get("restyle_traces", m.get("style_traces"))
+        for prop, values in (m.get("restyle_data") or m.get("style_data") or {}).items():
+            for i, v in zip(traces, values if isinstance(values, list) else [values] * len(traces)):
+                if v is Undefined:
+                    try:
+                        held = fig.data[i][prop]
+                    except (KeyError, ValueError):
+                        continue  # not a property of this trace
+                    assert held is None, f"an update unsets {prop} of trace {i} ({held!r})"
 
 
 def test_opacity(app):

@@ -7,6 +7,7 @@ and head selection are computed for all steps at once, so moving the step slider
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import ipywidgets as widgets
@@ -59,13 +60,15 @@ class Explorer(widgets.VBox):
         self.figure = self._build_figure()
         self._select()
         self._show_step()
+        self._draw_lines()
         self.step.observe(lambda _: self._on_step(), "value")
         self.words.observe(lambda _: self._on_selection(), "value")
         self.heads.observe(lambda _: self._quiet or self._on_selection(), "value")
         self.layers.observe(lambda _: self._on_layers(), "value")
         self.opacity.observe(lambda _: self._on_opacity(), "value")
         controls = widgets.HBox([self.words, widgets.VBox([self.layers, self.heads, self.opacity])])
-        super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure])
+        super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure, _page_helper()])
+        self.add_class("diffviz-explorer")
 
     # ---- drawing --------------------------------------------------------------------------------------
     def _picture(self, of: str, step: int) -> str:
@@ -134,10 +137,16 @@ class Explorer(widgets.VBox):
         where = "" if self._layers is None else f", {self.layers.label}"
         head = "" if self._heads is None else f", head {self._heads}"
         ann.text = f"{d.words_title(self.trace, list(self.words.value))}{where}{head}"
+
+    def _draw_lines(self) -> None:
+        """Picked words' lines bold. One restyle with a value for every line: plotly.js's widget model
+        applies a batched restyle to its copy of the figure with ``undefined`` wherever a trace of the
+        batch has no value (the heat map's opacity was lost that way), and draws from that copy."""
         picked = set(self.words.value)
-        for w, line in enumerate(self.figure.data[LINES:]):
-            line.line.width = 3 if w in picked else 1
-            line.opacity = 1.0 if w in picked else 0.35
+        n = len(self.figure.data) - LINES
+        self.figure.plotly_restyle({"line.width": [3 if w in picked else 1 for w in range(n)],
+                                    "opacity": [1.0 if w in picked else 0.35 for w in range(n)]},
+                                   list(range(LINES, LINES + n)))
 
     def _blank(self) -> list[list[float]]:
         """[h, w] zeros on the attention grid: the heat map when no word is picked."""
@@ -154,6 +163,7 @@ class Explorer(widgets.VBox):
         self._select()
         with self.figure.batch_update():
             self._draw_heat()
+        self._draw_lines()
 
     def _on_layers(self) -> None:
         self._quiet = True
@@ -183,6 +193,52 @@ class Explorer(widgets.VBox):
     @property
     def _heads(self) -> int | None:
         return None if self.heads.value == MEAN else self.heads.value
+
+
+# Runs in the page, in a hidden widget of the explorer. plotly's widget (an anywidget) draws its
+# figure before the notebook has laid out the output, so plotly falls back to 700 px, and nothing
+# resizes it later: when a figure's width differs from its box, resize it (window.Plotly is set by
+# plotly's widget bundle).
+_PAGE_JS = """
+function fit(box) {
+  for (const gd of box.querySelectorAll(".js-plotly-plot")) {
+    const room = gd.getBoundingClientRect().width;
+    if (window.Plotly && gd._fullLayout && room > 0 && Math.abs(gd._fullLayout.width - room) > 1) {
+      window.Plotly.Plots.resize(gd);
+    }
+  }
+}
+export default {
+  render({ el }) {
+    el.style.display = "none";
+    let box = null;
+    const check = () => requestAnimationFrame(() => {
+      box = box || el.closest(".diffviz-explorer");
+      if (box) fit(box);
+    });
+    const watch = new ResizeObserver(check);
+    requestAnimationFrame(() => {
+      box = el.closest(".diffviz-explorer");
+      if (box) watch.observe(box);
+      check();
+    });
+    document.addEventListener("plotlywidget-after-render", check);
+    return () => { watch.disconnect(); document.removeEventListener("plotlywidget-after-render", check); };
+  },
+};
+"""
+
+
+@functools.cache
+def _page_helper_class() -> type:
+    import anywidget  # plotly's FigureWidget needs it too
+
+    return type("ExplorerPage", (anywidget.AnyWidget,), {"_esm": _PAGE_JS})
+
+
+def _page_helper() -> widgets.DOMWidget:
+    """A hidden widget whose script keeps the explorer's figure as wide as its box."""
+    return _page_helper_class()()
 
 
 def explore(trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6) -> Explorer:
