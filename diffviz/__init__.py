@@ -10,11 +10,12 @@ from .trace import Layer, Token, Trace  # noqa: E402
 __all__ = [
     "trace", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
     "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution", "Agreement",
-    "edit", "classroom", "__version__",
+    "edit", "classroom", "batch", "study", "summarize", "load_summary", "__version__",
 ]
 _LAZY = {  # attribute -> module: plotly, ipywidgets and captum load only when used
     "explore": ".viz", "report": ".viz", "attribute": ".attribution", "agreement": ".attribution",
     "Attribution": ".attribution", "Agreement": ".attribution", "edit": None, "classroom": None,
+    "batch": None, "study": ".studies", "summarize": ".summary", "load_summary": ".summary",  # pandas, pyarrow
 }
 
 

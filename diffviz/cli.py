@@ -2,8 +2,10 @@
 
     diffviz explain "a red circle left of a blue square" --out run.html   # generate, trace, report
     diffviz report run.dvz --out run.html                                  # report from a saved trace
+    diffviz batch prompts.txt --out runs/study        # many prompts (torchrun -m diffviz batch ... shards)
+    diffviz study runs/study --out study.html         # the batch's study as an offline report
 
-``explain`` uses the classroom model unless ``--model PATH`` (or the environment variable
+``explain`` and ``batch`` use the classroom model unless ``--model PATH`` (or the environment variable
 DIFFVIZ_MODEL) names a local diffusers folder.
 Exit status: 0 done, 2 bad arguments, 1 anything else that went wrong (with a message, no traceback).
 """
@@ -64,22 +66,48 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("trace", type=Path, help="trace file (.dvz)")
     rep.add_argument("--out", type=Path, help="HTML report to write (default: the trace's name with .html)")
     rep.set_defaults(run=_report)
+
+    bat = sub.add_parser("batch", help="generate and trace many prompts into a folder (resumable, sharded)",
+                         description="Generate and trace every prompt of PROMPTS into DIR: a file per item and a "
+                         "Parquet index. A second run skips the items that are done. Under `torchrun "
+                         "--nproc_per_node K -m diffviz batch ...` or `accelerate launch -m diffviz batch ...` "
+                         "each process takes its share.")
+    bat.add_argument("prompts", type=Path, help="text file (one prompt a line), or .csv / .jsonl with a 'prompt' "
+                     "column and optional seed, negative_prompt, steps, guidance")
+    bat.add_argument("--out", required=True, type=Path, help="output folder")
+    bat.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL if "
+                     "set, else the classroom model)")
+    bat.add_argument("--keep", choices=["summary", "full"], default="summary",
+                     help="summary: per-word maps for a few step windows, the image and final x0 (small); "
+                     "full: the whole trace (default: summary)")
+    bat.add_argument("--windows", type=int, default=3, help="step windows a summary keeps (default: 3)")
+    bat.add_argument("--steps", type=int, default=25, help="denoising steps, where a row gives none (default: 25)")
+    bat.add_argument("--seed", type=int, default=0, help="random seed, where a row gives none (default: 0)")
+    bat.add_argument("--guidance", type=float, default=7.5,
+                     help="classifier-free guidance scale, where a row gives none (default: 7.5)")
+    bat.add_argument("--negative-prompt", help="negative prompt, where a row gives none")
+    bat.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model's own)")
+    bat.set_defaults(run=_batch)
+
+    stu = sub.add_parser("study", help="write an HTML report of a batch folder's study",
+                         description="Read every item of a `diffviz batch` folder (diffviz.study) and write a "
+                         "self-contained HTML report of the distributions.")
+    stu.add_argument("dir", type=Path, help="a folder written by `diffviz batch`")
+    stu.add_argument("--out", type=Path, default=Path("study.html"), help="HTML report (default: study.html)")
+    stu.set_defaults(run=_study)
     return parser
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument errors argparse cannot see; exits with status 2 and a message naming the bad value."""
+    if args.command in ("explain", "batch"):
+        _check_run(parser, args)
+    if args.command == "batch" and not 1 <= args.windows <= 100:
+        parser.error(f"--windows must be between 1 and 100, not {args.windows}.")
     if args.command == "explain":
         if not args.prompt.strip():
             parser.error('the prompt is empty; give one in quotes, e.g. "a red circle left of a blue '
                          'square".')
-        if not 1 <= args.steps <= 1000:
-            parser.error(f"--steps must be between 1 and 1000, not {args.steps}.")
-        if args.seed < 0:
-            parser.error(f"--seed must be 0 or more, not {args.seed}.")
-        if not 0 <= args.guidance <= 100:
-            parser.error(f"--guidance must be between 0 and 100 (1 or less turns guidance off), "
-                         f"not {args.guidance:g}.")
         args.trace = args.trace or args.out.with_suffix(".dvz")
         if args.trace.resolve() == args.out.resolve():
             parser.error(f"--trace and --out are the same file ({args.out}); give the trace a .dvz name.")
@@ -87,6 +115,17 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.out = args.out or args.trace.with_suffix(".html")
         if args.out.resolve() == args.trace.resolve():
             parser.error(f"--out would overwrite the trace file {args.trace}; give the report a .html name.")
+
+
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The generation settings explain and batch share."""
+    if not 1 <= args.steps <= 1000:
+        parser.error(f"--steps must be between 1 and 1000, not {args.steps}.")
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, not {args.seed}.")
+    if not 0 <= args.guidance <= 100:
+        parser.error(f"--guidance must be between 0 and 100 (1 or less turns guidance off), "
+                     f"not {args.guidance:g}.")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -128,16 +167,54 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model: Path | None):
+def _batch(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffviz import batch
+
+    try:
+        items = batch.read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                   negative_prompt=args.negative_prompt)
+        rank, _, local_rank = batch.launch_env()
+        pipe = _load(args.model, device=f"cuda:{local_rank}" if torch.cuda.is_available() else None,
+                     quiet=rank > 0)
+        pipe.set_progress_bar_config(disable=True)
+        result = batch.run(items, args.out, pipe, keep=args.keep, windows=args.windows,
+                           scheduler=args.scheduler)
+    except (batch.BatchError, FileNotFoundError) as err:
+        raise CliError(str(err)) from None
+    print(f"rank {rank}: {result.ran} items run, {result.skipped} already done, {result.errors} failed"
+          + (" (their index rows say why)" if result.errors else ""), file=sys.stderr)
+    if result.index is not None:
+        print(f"index: {result.index.resolve()}")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from diffviz.studies import study
+    from diffviz.viz.study import study_report
+
+    try:
+        df = study(args.dir, progress=True)
+    except FileNotFoundError as err:
+        raise CliError(str(err)) from None
+    out = study_report(df, args.out)
+    print(f"study: {len(df)} (item, word) rows from {df['id'].nunique() if len(df) else 0} items\n"
+          f"report: {out.resolve()}")
+    return 0
+
+
+def _load(model: Path | None, device: str | None = None, quiet: bool = False):
     """The pipeline at ``model``; without one, $DIFFVIZ_MODEL or the classroom model (as
     ``diffviz.load_pipeline()``). A CliError naming the next step when it cannot be loaded."""
     import diffviz
     from diffviz.pipelines import MODEL_ENV
 
     source = model or os.environ.get(MODEL_ENV) or "the classroom model"
-    print(f"loading {source}", file=sys.stderr)
+    if not quiet:
+        print(f"loading {source}", file=sys.stderr)
     try:
-        return diffviz.load_pipeline(model)
+        return diffviz.load_pipeline(model, device=device)
     except (FileNotFoundError, TypeError, ImportError) as err:
         hint = "" if model else " Or give a local diffusers pipeline folder with --model PATH."
         raise CliError(f"{str(err).rstrip('.')}.{hint}") from None

@@ -9,10 +9,12 @@ so an interrupted save never leaves a half-written trace under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -61,60 +63,41 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
         "height": trace.height, "width": trace.width, "guidance_scale": trace.guidance_scale,
         "model": trace.model, "scheduler": trace.scheduler, "options": trace.options,
     }
-    meta["sha256"] = _checksum(tensors, json.loads(json.dumps(meta)))  # as it will read back
+    return write_file(path, tensors, meta)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; renamed over ``path`` when the block ends,
+    removed when it raises. Readers never see a half-written file under the final name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"diffviz": json.dumps(meta)})
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved trace is as readable as any file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file is as readable as any file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
+
+
+def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write CPU ``tensors`` and the JSON description ``meta`` (plus the SHA-256 of both) as one safetensors
+    file, atomically; returns the path. Shared by every file format diffviz writes."""
+    meta = {**meta, "sha256": _checksum(tensors, json.loads(json.dumps(meta)))}  # as it will read back
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"diffviz": json.dumps(meta)})
+    return Path(path)
 
 
 def load_trace(path: str | Path) -> Trace:
     """Read a trace written by ``Trace.save``. Raises TraceFileError for a file that is truncated,
     edited, of another format version, or not a trace at all."""
-    path = Path(path)
-    if path.is_dir():
-        raise TraceFileError(f"{str(path)!r} is a folder; give the path of a trace file (.dvz) inside it"
-                             f"{_listing(path)}.")
-    if not path.is_file():
-        raise FileNotFoundError(f"no trace file at {str(path)!r}.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("diffviz")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors reports damage with several exception types
-        raise TraceFileError(f"{str(path)!r} is not a readable trace file (truncated, or not a diffviz "
-                             f"trace): {err}") from None
-    if raw is None:
-        raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz trace (no 'diffviz' metadata).")
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:  # bad JSON, or a number beyond Python's limits
-        raise TraceFileError(f"{str(path)!r} has damaged trace metadata: {err}") from None
-    if not isinstance(meta, dict):
-        raise TraceFileError(f"{str(path)!r} has damaged trace metadata (not a JSON object).")
-    version = meta.get("format_version")
-    if meta.get("format") != FORMAT or version != FORMAT_VERSION:
-        raise TraceFileError(
-            f"{str(path)!r} is trace format version {version!r}; this diffviz ({__version__}) reads version "
-            f"{FORMAT_VERSION}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')!r})"
-            ", or generate the trace again."
-        )
-    try:
-        intact = _checksum(tensors, meta) == meta.get("sha256")
-    except (RuntimeError, TypeError, ValueError):  # e.g. a tensor whose bytes cannot be viewed
-        intact = False
-    if not intact:
-        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch "
-                             "over its tensors and description); regenerate it or restore the original file.")
+    meta, tensors = read_file(path, FORMAT, FORMAT_VERSION, "trace")
     try:
         return Trace(
             prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
@@ -135,10 +118,59 @@ def load_trace(path: str | Path) -> Trace:
                              "not written by Trace.save.") from None
 
 
-def _listing(folder: Path) -> str:
-    """", e.g. 'run.dvz'" naming up to three trace files in ``folder``, or ""."""
+def read_file(path: str | Path, fmt: str, fmt_version: int, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(meta, tensors)`` of a file written by ``write_file`` in format ``fmt`` version ``fmt_version``.
+    Raises TraceFileError, naming ``what`` ("trace", "summary"), for a folder or a file that is truncated,
+    edited, of another format or version, or not a diffviz file at all."""
+    path = Path(path)
+    if path.is_dir():
+        raise TraceFileError(f"{str(path)!r} is a folder; give the path of a {what} file ({_SUFFIXES[fmt]}) inside "
+                             f"it{_listing(path, _SUFFIXES[fmt])}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {str(path)!r}.")
     try:
-        found = sorted(p.name for p in folder.glob("*.dvz"))[:3]
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("diffviz")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors reports damage with several exception types
+        raise TraceFileError(f"{str(path)!r} is not a readable {what} file (truncated, or not a diffviz "
+                             f"{what}): {err}") from None
+    if raw is None:
+        raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz {what} (no 'diffviz' metadata).")
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:  # bad JSON, or a number beyond Python's limits
+        raise TraceFileError(f"{str(path)!r} has damaged {what} metadata: {err}") from None
+    if not isinstance(meta, dict):
+        raise TraceFileError(f"{str(path)!r} has damaged {what} metadata (not a JSON object).")
+    version = meta.get("format_version")
+    if meta.get("format") in _OPENERS and meta.get("format") != fmt:
+        raise TraceFileError(f"{str(path)!r} is a {meta.get('format')!r} file, not a {fmt!r} file; "
+                             f"{_OPENERS[meta.get('format')]}.")
+    if meta.get("format") != fmt or version != fmt_version:
+        raise TraceFileError(
+            f"{str(path)!r} is {what} format version {version!r}; this diffviz ({__version__}) reads version "
+            f"{fmt_version}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')!r})"
+            f", or generate the {what} again."
+        )
+    try:
+        intact = _checksum(tensors, meta) == meta.get("sha256")
+    except (RuntimeError, TypeError, ValueError):  # e.g. a tensor whose bytes cannot be viewed
+        intact = False
+    if not intact:
+        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch "
+                             "over its tensors and description); regenerate it or restore the original file.")
+    return meta, tensors
+
+
+_OPENERS = {FORMAT: "open it with diffviz.load_trace", "diffviz-summary": "open it with diffviz.load_summary"}
+_SUFFIXES = {FORMAT: ".dvz", "diffviz-summary": ".dvs"}
+
+
+def _listing(folder: Path, suffix: str = ".dvz") -> str:
+    """", e.g. 'run.dvz'" naming up to three ``suffix`` files in ``folder``, or ""."""
+    try:
+        found = sorted(p.name for p in folder.glob(f"*{suffix}"))[:3]
     except OSError:
         return ""
-    return f", e.g. {', '.join(repr(n) for n in found)}" if found else " (it holds no .dvz file)"
+    return f", e.g. {', '.join(repr(n) for n in found)}" if found else f" (it holds no {suffix} file)"
