@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import importlib.util
 import json
 import os
 import sys
@@ -147,9 +148,18 @@ def launch_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def require_extra() -> None:
+    """An ImportError naming the fix when the 'studies' extra (pandas, pyarrow) is not installed."""
+    for name in ("pandas", "pyarrow"):
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"diffviz batch and diffviz.study need {name}, which is not installed: "
+                              "pip install 'diffviz[studies]'.")
+
+
 def read_index(out: str | Path):
     """A pandas DataFrame with every row the processes of all runs into ``out`` wrote, the latest row per
     item, sorted by id (what ``DIR/index.parquet`` holds once a run has finished)."""
+    require_extra()
     import pandas as pd
 
     out = Path(out)
@@ -176,6 +186,7 @@ def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: st
     """
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {sorted(KEEP)}, not {keep!r}.")
+    require_extra()
     items = list(prompts) if not isinstance(prompts, (str, Path)) else read_prompts(prompts, **defaults)
     out = Path(out)
     rank, world, _ = launch_env()

@@ -173,6 +173,7 @@ def _batch(args: argparse.Namespace) -> int:
     from diffviz import batch
 
     try:
+        batch.require_extra()
         items = batch.read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                    negative_prompt=args.negative_prompt)
         rank, _, local_rank = batch.launch_env()
@@ -181,7 +182,7 @@ def _batch(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=True)
         result = batch.run(items, args.out, pipe, keep=args.keep, windows=args.windows,
                            scheduler=args.scheduler)
-    except (batch.BatchError, FileNotFoundError) as err:
+    except (batch.BatchError, FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
     print(f"rank {rank}: {result.ran} items run, {result.skipped} already done, {result.errors} failed"
           + (" (their index rows say why)" if result.errors else ""), file=sys.stderr)
@@ -191,12 +192,15 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from diffviz.studies import study
-    from diffviz.viz.study import study_report
+    from diffviz.batch import require_extra
 
     try:
+        require_extra()
+        from diffviz.studies import study
+        from diffviz.viz.study import study_report
+
         df = study(args.dir, progress=True)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
     out = study_report(df, args.out)
     print(f"study: {len(df)} (item, word) rows from {df['id'].nunique() if len(df) else 0} items\n"

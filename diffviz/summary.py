@@ -6,6 +6,8 @@ over heads and over that resolution's layers, summed over the word's subword tok
 the window's steps: units of attention probability, not normalised), plus the image (at most
 ``MAX_IMAGE_SIDE`` px a side) and the final predicted x0 latents with the trace's linear preview map.
 One safetensors file with JSON metadata and a format version, written atomically (as trace files).
+Maps are stored as 8-bit fractions of each map's own maximum (error at most 1/510 of that maximum),
+which keeps an SDXL prompt of up to about 40 words under 1 MB (``benchmarks/summary_size.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Summary:
     negative_prompt: str | None
     words: list[str]
     windows: list[tuple[int, int]]
-    maps: dict[str, torch.Tensor]  # resolution "hxw" -> [window, word, h, w] float16 attention probability
+    maps: dict[str, torch.Tensor]  # resolution "hxw" -> [window, word, h, w] float32 attention probability
     layer_counts: dict[str, int]  # resolution -> how many attn2 layers its maps average
     height: int  # generated image, px
     width: int
@@ -104,14 +106,16 @@ class Summary:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tensors (the file adds a few kB of metadata)."""
-        tensors = [self.timesteps, self.x0, self.image, self.preview_weight, *self.maps.values()]
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        tensors = [self.timesteps, self.x0, self.image, self.preview_weight]
+        stored = sum(m.numel() + 4 * m[..., 0, 0].numel() for m in self.maps.values())  # uint8 maps, float32 scales
+        return stored + sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def save(self, path: str | Path) -> Path:
         """Write the summary to ``path`` (safetensors with JSON metadata), atomically; returns the path."""
         tensors = {"timesteps": self.timesteps, "x0": self.x0}
         tensors |= {k: v for k, v in (("image", self.image), ("preview_weight", self.preview_weight)) if v is not None}
-        tensors |= {f"maps/{res}": m for res, m in self.maps.items()}
+        for res, m in self.maps.items():
+            tensors[f"maps/{res}"], tensors[f"scale/{res}"] = _quantize(m)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "diffviz_version": __version__,
             "prompt": self.prompt, "negative_prompt": self.negative_prompt, "words": self.words,
@@ -159,7 +163,7 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
         # [step, token, h, w]: head mean of each layer, then mean over this resolution's layers
         per_step = torch.stack([trace.attn[n].float().mean(1) for n in names]).mean(0)
         by_word = torch.einsum("sthw,tv->svhw", per_step, onehot)
-        maps[res] = torch.stack([by_word[a:b].mean(0) for a, b in spans]).half()  # [window, word, h, w]
+        maps[res] = _dequantize(*_quantize(torch.stack([by_word[a:b].mean(0) for a, b in spans])))
         counts[res] = len(names)
     return Summary(
         prompt=trace.prompt, negative_prompt=trace.negative_prompt, words=list(trace.words), windows=spans,
@@ -181,6 +185,17 @@ def _shrink(image: torch.Tensor, max_side: int) -> torch.Tensor:
     scale = max_side / max(h, w)
     small = Image.fromarray(image.numpy()).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
     return torch.from_numpy(np.asarray(small).copy())
+
+
+def _quantize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., h, w] float -> ([..., h, w] uint8 fraction of each map's max, [...] float32 max)."""
+    top = maps.float().clamp_min(0).amax(dim=(-2, -1))
+    q = (maps.float().clamp_min(0) / top.clamp_min(1e-30)[..., None, None] * 255).round().to(torch.uint8)
+    return q, top
+
+
+def _dequantize(q: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    return q.float() * (top / 255)[..., None, None]
 
 
 def load_summary(path: str | Path) -> Summary:
@@ -212,5 +227,5 @@ def estimate_bytes(n_words: int, map_sizes: Sequence[tuple[int, int]], latent: t
     scale = min(1.0, max_image_side / max(image))
     h, w = max(1, round(image[0] * scale)), max(1, round(image[1] * scale))
     c = latent[0]
-    return (sum(2 * k * n_words * a * b for a, b in map_sizes) + 2 * c * latent[1] * latent[2] + 3 * h * w
+    return (sum(k * n_words * (a * b + 4) for a, b in map_sizes) + 2 * c * latent[1] * latent[2] + 3 * h * w
             + 4 * 3 * (c + 1) + 4 * num_steps)
