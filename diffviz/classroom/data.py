@@ -6,12 +6,21 @@ at ``IMAGE_SIZE`` pixels, objects are drawn with hard edges so a mask is exactly
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-IMAGE_SIZE = 32  # pixels; 32 rather than 64 because the model is trained on a 2-core CPU (see weights/TRAINING.md)
+
+def _shipped_image_size() -> int:
+    """The shipped model's image side in pixels, from its VAE config (64 when no model is shipped)."""
+    config = Path(__file__).parent / "weights" / "vae" / "config.json"
+    return int(json.loads(config.read_text())["sample_size"]) if config.exists() else 64
+
+
+IMAGE_SIZE = _shipped_image_size()  # pixels; scenes, masks and the judge follow the shipped model's size
 BACKGROUND = (235, 235, 235)
 COLOURS = {
     "red": (220, 50, 50),

@@ -1,9 +1,10 @@
 """The classroom model: real diffusers/transformers components, built from config, as a StableDiffusionPipeline.
 
-Shapes at the default size: image ``[3, 32, 32]`` -> latents ``[4, 8, 8]`` (AutoencoderKL, 4x down);
+Shapes at the training size: image ``[3, 64, 64]`` -> latents ``[4, 16, 16]`` (AutoencoderKL, 4x down);
 prompt -> ``[77, 64]`` token states (CLIPTextModel with no transformer layers: each token is its own
 embedding plus a position embedding, so a word's attention map is about that word alone);
-UNet2DConditionModel with cross-attention at 8x8 and 4x4 and no spatial self-attention.
+UNet2DConditionModel with cross-attention at 16x16 and 8x8 and no spatial self-attention (``unet_config``).
+The shipped model's size is ``data.IMAGE_SIZE``, read from its config.
 """
 
 from __future__ import annotations
@@ -13,28 +14,43 @@ from pathlib import Path
 
 import torch
 
-from .data import IMAGE_SIZE, vocabulary
+from .data import vocabulary
 from .tokenizer import build_tokenizer, unknown_words
 
 WEIGHTS = Path(__file__).parent / "weights"
 TEXT_DIM = 64
 MAX_TOKENS = 77  # as Stable Diffusion
 
-VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
-)
-UNET_CONFIG = dict(
-    sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=16,
-    cross_attention_dim=TEXT_DIM,
-    attention_head_dim=(4, 8),  # diffusers reads this as the number of heads: 16 channels per head
-    only_cross_attention=True,  # attn1 also reads the prompt: no pixel-to-pixel attention to smear word maps
-    mid_block_type=None,  # no attention at the coarsest level
-)
+TRAIN_SIZE = 64  # pixels: the size `python -m diffviz.classroom.train` trains at (v2); latents are 4x smaller
+
+
+def vae_config(image_size: int = TRAIN_SIZE) -> dict:
+    """AutoencoderKL: 3 levels (32, 64, 64 channels), 4x down, 4 latent channels; convolutional, so any size."""
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=image_size,
+    )
+
+
+def unet_config(image_size: int = TRAIN_SIZE) -> dict:
+    """UNet2DConditionModel for ``image_size`` pixels.
+
+    64 px (v2): latents 16x16; cross-attention at 16x16 (4 heads) and 8x8 (6 heads), a plain 4x4 level for
+    whole-image context (a relation needs to see both objects). 32 px (v1): cross-attention at 8x8 and 4x4.
+    Every attention layer is ``only_cross_attention``: ``attn1`` reads the prompt too, and no pixel attends to
+    another pixel, so a word map is not smeared by self-attention. 16 channels per head throughout.
+    """
+    common = dict(sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
+                  norm_num_groups=16, cross_attention_dim=TEXT_DIM, only_cross_attention=True, mid_block_type=None)
+    if image_size <= 32:
+        return dict(common, down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+                    block_out_channels=(64, 128), attention_head_dim=(4, 8))  # diffusers: number of heads
+    return dict(common, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                block_out_channels=(64, 96, 128), attention_head_dim=(4, 6, 8))
+
+
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing",
@@ -47,8 +63,8 @@ def tokenizer():
     return build_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
 
 
-def build_components(seed: int = 0) -> dict:
-    """Fresh, randomly initialised components (the same for the same ``seed``)."""
+def build_components(seed: int = 0, image_size: int = TRAIN_SIZE) -> dict:
+    """Fresh, randomly initialised components for ``image_size`` pixels (the same for the same ``seed``)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -60,10 +76,10 @@ def build_components(seed: int = 0) -> dict:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     return dict(
-        vae=AutoencoderKL(**VAE_CONFIG),
+        vae=AutoencoderKL(**vae_config(image_size)),
         text_encoder=CLIPTextModel(text_config),
         tokenizer=tok,
-        unet=UNet2DConditionModel(**UNET_CONFIG),
+        unet=UNet2DConditionModel(**unet_config(image_size)),
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
     )
 
@@ -79,7 +95,7 @@ def assemble(components: dict):
 def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """The trained classroom ``StableDiffusionPipeline``, loaded offline (from the package by default).
 
-    ``pipe("a red circle left of a green triangle", num_inference_steps=25).images[0]`` is a 32x32 PIL image.
+    ``pipe("a red circle left of a green triangle", num_inference_steps=25).images[0]`` is an ``IMAGE_SIZE`` square PIL image.
     ``pipe.tokenizer`` splits a word outside ``vocabulary()`` into characters; ``unknown(pipe, prompt)``
     names such words.
     """

@@ -69,12 +69,13 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 # ---------------------------------------------------------------- stage 1: VAE
 def train_vae(vae, args, device) -> None:
+    """Reconstruction (MSE) + 1e-6 KL on freshly drawn ``args.image_size`` scenes; cosine lr decay to 5%."""
     vae.to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     bar = tqdm(range(args.vae_steps), desc="vae", mininterval=2, file=sys.stdout)
-    running = None
     for step in bar:
-        x = _images(data.scenes(args.seed * 1_000_003 + 7 + step, args.vae_batch)).to(device)
+        scenes = data.scenes(args.seed * 1_000_003 + 7 + step, args.vae_batch, image_size=args.image_size)
+        x = _images(scenes).to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         rec_loss = F.mse_loss(rec, x)
@@ -82,21 +83,22 @@ def train_vae(vae, args, device) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for g in opt.param_groups:  # cosine decay to 5% over the stage
-            g["lr"] = 1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
-        running = rec_loss.item() if running is None else 0.95 * running + 0.05 * rec_loss.item()
-        bar.set_postfix(mse=f"{running:.5f}")
+        for g in opt.param_groups:
+            g["lr"] = args.vae_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
+        if step % 20 == 0:
+            bar.set_postfix(mse=f"{rec_loss.item():.5f}")
     vae.eval()
 
 
 @torch.no_grad()
 def precompute(vae, args, device, exclude) -> dict:
+    """Latents ``[n, 4, s/4, s/4]`` (VAE mean) and token ids ``[n, 77]`` of ``data.scenes(seed, n)``, streamed."""
     tok = model.tokenizer()
-    scenes = data.scenes(args.seed, args.n_scenes, exclude)
+    rng = np.random.default_rng(args.seed)  # the same scenes, in the same order, as data.scenes(args.seed, ...)
     latents, ids = [], []
-    for i in tqdm(range(0, len(scenes), 256), desc="latents", mininterval=5, file=sys.stdout):
-        chunk = scenes[i : i + 256]
-        latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.cpu())
+    for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout):
+        chunk = [data.random_scene(rng, exclude, args.image_size) for _ in range(min(512, args.n_scenes - start))]
+        latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
     latents = torch.cat(latents).contiguous()
@@ -107,15 +109,76 @@ def precompute(vae, args, device, exclude) -> dict:
 
 # ---------------------------------------------------------------- stage 2: UNet + text encoder
 class Trainer:
-    def __init__(self, args, comps, device):
+    """UNet + text-embedding training on precomputed latents, with every batch drawn on ``device``.
+
+    ``latents [n, 4, h, w]`` (already scaled), ``ids [n, 77]`` and ``empty_ids [77]`` move to the device once;
+    the shuffle, caption dropout, timesteps and noise are drawn there from a generator reseeded with
+    (seed, step), so a step needs no host work and no host sync (``train_step`` returns the loss as a tensor).
+    The batch at step ``s`` is a pure function of (seed, s) on a given device type. On CUDA: bf16 autocast,
+    TF32 matmuls, fused AdamW and, with ``args.compile``, a ``torch.compile``d UNet.
+    """
+
+    def __init__(self, args, comps, device, latents, ids, empty_ids):
         self.args, self.comps, self.device = args, comps, device
         self.unet, self.text = comps["unet"].to(device), comps["text_encoder"].to(device)
         self.params = list(self.unet.parameters()) + list(self.text.parameters())
-        self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01)
+        cuda = device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
         self.ema = [p.detach().clone() for p in self.params]
         self.step, self.elapsed, self.log = 0, 0.0, []
-        sched = comps["scheduler"]
-        self.alphas_cumprod = sched.alphas_cumprod.to(device)
+        self.alphas_cumprod = comps["scheduler"].alphas_cumprod.to(device)
+        self.latents = latents.to(device)  # [n, 4, h, w]
+        self.ids = ids.to(device, torch.long)  # [n, 77]
+        self.empty_ids = empty_ids.to(device, torch.long)  # [77]
+        self.gen = torch.Generator(device)
+        self._perm_epoch, self._perm = -1, None
+        self.bf16 = cuda and args.precision == "bf16"
+        self.denoise = torch.compile(self.unet) if args.compile else self.unet
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            self.gen.manual_seed(self.args.seed * 7919 + epoch)
+            self._perm = torch.randperm(len(self.latents), generator=self.gen, device=self.device)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0 [B, 4, h, w], tokens [B, 77], noise [B, 4, h, w], t [B])`` for the current step, on the device."""
+        a, n = self.args, len(self.latents)
+        epoch, offset = divmod(self.step * a.batch, n)
+        idx = self._permutation(epoch)[(offset + torch.arange(a.batch, device=self.device)) % n]
+        self.gen.manual_seed(a.seed * 1_000_003 + self.step)
+        drop = torch.rand(a.batch, generator=self.gen, device=self.device) < CAPTION_DROPOUT
+        tokens = torch.where(drop[:, None], self.empty_ids[None], self.ids[idx])
+        x0 = self.latents[idx]
+        noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
+        t = torch.randint(0, len(self.alphas_cumprod), (a.batch,), generator=self.gen, device=self.device)
+        return x0, tokens, noise, t
+
+    # -- one step
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step; returns the min-SNR-weighted loss as a 0-d tensor (no host sync)."""
+        a = self.args
+        x0, tokens, noise, t = self.batch()
+        ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            states = self.text(tokens)[0]
+            pred = self.denoise(xt, t, states, return_dict=False)[0]
+        snr = ac.view(-1) / (1 - ac.view(-1))
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+        loss = (weight * (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.opt.param_groups:
+            group["lr"] = a.lr * min(1.0, (self.step + 1) / a.warmup)
+        self.opt.step()
+        decay = min(EMA_DECAY, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+        self.step += 1
+        return loss.detach()
 
     # -- state
     def save(self, ckpt: Path) -> None:
@@ -173,41 +236,11 @@ class Trainer:
             "step": self.step, "batch": a.batch, "lr": a.lr, "seed": a.seed, "n_scenes": a.n_scenes,
             "vae_steps": a.vae_steps, "vae_batch": a.vae_batch, "caption_dropout": CAPTION_DROPOUT,
             "ema_decay": EMA_DECAY, "min_snr_gamma": MIN_SNR_GAMMA, "unet_train_seconds": round(self.elapsed, 1),
+            "image_size": a.image_size, "precision": "bf16" if self.bf16 else "fp32", "compiled": bool(a.compile),
+            "samples_per_second": round(self.step * a.batch / max(self.elapsed, 1e-9), 1),
             "hardware": f"{self.device.type}, {torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
             "loss_curve": self.log,
         }
-
-    # -- one step
-    def train_step(self, latents, ids, empty_ids) -> float:
-        a, n = self.args, latents.shape[0]
-        g = torch.Generator().manual_seed(a.seed * 1_000_003 + self.step)
-        epoch, offset = divmod(self.step * a.batch, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed * 7919 + epoch))
-        idx = perm[torch.arange(offset, offset + a.batch) % n]
-        x0 = latents[idx].to(self.device)
-        tokens = ids[idx].long()
-        drop = torch.rand(a.batch, generator=g) < CAPTION_DROPOUT
-        tokens[drop] = empty_ids.long()
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
-        t = torch.randint(0, len(self.alphas_cumprod), (a.batch,), generator=g).to(self.device)
-        ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
-        states = self.text(tokens.to(self.device))[0]
-        pred = self.unet(xt, t, states).sample
-        snr = ac.view(-1) / (1 - ac.view(-1))
-        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        for group in self.opt.param_groups:
-            group["lr"] = a.lr * min(1.0, (self.step + 1) / a.warmup)
-        self.opt.step()
-        decay = min(EMA_DECAY, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
-        self.step += 1
-        return loss.item()
 
 
 def parse_args(argv=None):
@@ -218,8 +251,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=model.TRAIN_SIZE, help="image side in pixels (64 or 32)")
+    p.add_argument("--init-vae", type=Path, default=None,
+                   help="start the VAE stage from this AutoencoderKL folder (e.g. a shipped model's vae/)")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--n-scenes", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -228,7 +265,14 @@ def parse_args(argv=None):
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and ship) after this much wall time")
     p.add_argument("--ship-every", type=float, default=12.0, help="minutes between shipped models/snapshots")
     p.add_argument("--save-every", type=float, default=4.0, help="minutes between resumable checkpoints")
-    return p.parse_args(argv)
+    p.add_argument("--log-every", type=int, default=50, help="steps per logged mean loss (one host sync each)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast on CUDA (CPU: fp32)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the UNet (default: on CUDA only)")
+    args = p.parse_args(argv)
+    if args.compile is None:
+        args.compile = args.device.startswith("cuda")
+    return args
 
 
 def main(argv=None) -> None:
@@ -240,7 +284,9 @@ def main(argv=None) -> None:
     ckpt = args.ckpt
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
-    comps = model.build_components(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    comps = model.build_components(args.seed, args.image_size)
 
     from diffusers import AutoencoderKL
 
@@ -248,6 +294,9 @@ def main(argv=None) -> None:
         comps["vae"] = AutoencoderKL.from_pretrained(ckpt / "vae")
         print(f"vae: resumed from {ckpt / 'vae'}", flush=True)
     else:
+        if args.init_vae is not None:
+            comps["vae"] = AutoencoderKL.from_pretrained(args.init_vae)
+            comps["vae"].register_to_config(sample_size=args.image_size)
         t0 = time.time()
         train_vae(comps["vae"], args, device)
         comps["vae"].to("cpu").save_pretrained(ckpt / "vae")
@@ -261,39 +310,46 @@ def main(argv=None) -> None:
         pre = precompute(vae, args, device, data.benchmark_exclusions())
         save_file(pre, str(cache))
     vae.register_to_config(scaling_factor=float(pre["scaling_factor"]))
-    latents = (pre["latents"] * pre["scaling_factor"]).to(device)
-    ids, empty_ids = pre["ids"], pre["empty_ids"][0]
 
-    trainer = Trainer(args, comps, device)
+    trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["empty_ids"][0])
     if trainer.load(ckpt):
         print(f"unet: resumed at step {trainer.step}", flush=True)
     bar = tqdm(total=args.steps, initial=trainer.step, desc="unet", mininterval=5, file=sys.stdout)
     last_save = last_ship = time.time()
-    window: list[float] = []
+    window: list[torch.Tensor] = []
     tick = time.time()
+    if args.compile and trainer.step < args.steps:  # the first step compiles; a failure must not end a GPU run
+        try:
+            window.append(trainer.train_step())
+            bar.update(1)
+        except Exception as err:  # noqa: BLE001  (inductor and triton raise many kinds)
+            print(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly", flush=True)
+            trainer.denoise = trainer.unet
     while trainer.step < args.steps:
-        window.append(trainer.train_step(latents, ids, empty_ids))
+        window.append(trainer.train_step())
         bar.update(1)
-        now = time.time()
-        trainer.elapsed += now - tick
-        tick = now
-        if len(window) == 50:
-            loss = sum(window) / len(window)
+        if len(window) == args.log_every:
+            loss = torch.stack(window).mean().item()  # the only host sync of the loop
+            window = []
+            now = time.time()
+            trainer.elapsed += now - tick
+            tick = now
             trainer.log.append([trainer.step, round(loss, 5), round(trainer.elapsed, 1)])
             bar.set_postfix(loss=f"{loss:.4f}")
-            window = []
+        now = time.time()
         out_of_time = args.max_minutes is not None and now - start > 60 * args.max_minutes
         if now - last_ship > 60 * args.ship_every or out_of_time or trainer.step == args.steps:
+            trainer.elapsed += time.time() - tick
             trainer.save(ckpt)
             trainer.ship(args.weights, ckpt)
-            last_save = last_ship = time.time()
+            last_save = last_ship = tick = time.time()
             print(f"\nshipped step {trainer.step} to {args.weights}", flush=True)
         elif now - last_save > 60 * args.save_every:
+            trainer.elapsed += time.time() - tick
             trainer.save(ckpt)
-            last_save = time.time()
+            last_save = tick = time.time()
         if out_of_time:
             break
-        tick = time.time()
     bar.close()
     print(f"done at step {trainer.step}; {trainer.elapsed / 60:.1f} min of UNet training", flush=True)
 
