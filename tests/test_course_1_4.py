@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import diffviz
+from diffviz.classroom import IMAGE_SIZE
 from diffviz.course import lesson1, lesson2, lesson3, lesson4
 
 from .conftest import generate
@@ -191,7 +192,7 @@ def test_training_pictures_follow_the_caption():
     from diffviz.classroom import judge
 
     pics = lesson4.training_pictures("a large red circle left of a green triangle", 3, seed=1)
-    assert len(pics) == 3 and pics[0].shape == (32, 32, 3) and pics[0].dtype == np.uint8
+    assert len(pics) == 3 and pics[0].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and pics[0].dtype == np.uint8
     assert all(judge.judge("a large red circle left of a green triangle", p)["correct"] for p in pics)
     again = lesson4.training_pictures("a large red circle left of a green triangle", 3, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(pics, again))
