@@ -1,20 +1,23 @@
 """diffviz: see how each word of a prompt shapes a diffusion model's image."""
 
-__version__ = "0.1.0"
+import sys
+import types
 
-from .capture import CaptureError, estimate_bytes, trace  # noqa: E402
-from .io import TraceFileError, load_trace  # noqa: E402
-from .pipelines import load_pipeline  # noqa: E402
-from .trace import Layer, Token, Trace  # noqa: E402
+__version__ = "0.1.0"
 
 __all__ = [
     "trace", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
     "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution", "Agreement",
     "edit", "classroom", "batch", "study", "summarize", "load_summary", "__version__",
 ]
-_LAZY = {  # attribute -> module: plotly, ipywidgets and captum load only when used
-    "explore": ".viz", "report": ".viz", "attribute": ".attribution", "agreement": ".attribution",
-    "Attribution": ".attribution", "Agreement": ".attribution", "edit": None, "classroom": None,
+# attribute -> module, imported on first use: `import diffviz` costs nothing, reading a trace imports
+# torch but not diffusers (only capture and loading do), figures plotly, attribution captum.
+_LAZY = {
+    "trace": ".capture", "estimate_bytes": ".capture", "CaptureError": ".capture",
+    "Trace": ".trace", "Token": ".trace", "Layer": ".trace", "load_trace": ".io", "TraceFileError": ".io",
+    "load_pipeline": ".pipelines", "explore": ".viz", "report": ".viz",
+    "attribute": ".attribution", "agreement": ".attribution", "Attribution": ".attribution",
+    "Agreement": ".attribution", "edit": None, "classroom": None,
     "batch": None, "study": ".studies", "summarize": ".summary", "load_summary": ".summary",  # pandas, pyarrow
 }
 
@@ -28,3 +31,17 @@ def __getattr__(name: str):
     if module is None:  # a submodule
         return importlib.import_module(f".{name}", __name__)
     return getattr(importlib.import_module(module, __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # importing the submodule diffviz.trace binds it as diffviz.trace; the name is the context manager
+        if not (name == "trace" and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

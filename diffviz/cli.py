@@ -6,8 +6,11 @@
     diffviz study runs/study --out study.html         # the batch's study as an offline report
 
 ``explain`` and ``batch`` use the classroom model unless ``--model PATH`` (or the environment variable
-DIFFVIZ_MODEL) names a local diffusers folder.
-Exit status: 0 done, 2 bad arguments, 1 anything else that went wrong (with a message, no traceback).
+DIFFVIZ_MODEL) names a local diffusers folder. ``explain`` writes the trace and the report to temporary
+files beside their targets and renames both only when both are complete, so a failed or
+interrupted run leaves the previous pair as it was.
+Exit status: 0 done, 2 bad arguments, 1 anything else that went wrong (with a message, no traceback),
+130 interrupted. Imports stay inside the commands, so ``diffviz --help`` starts without torch.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
-from diffviz.pipelines import SCHEDULERS, set_scheduler
+from diffviz import __version__
+from diffviz.pipelines import MODEL_ENV, SCHEDULERS
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 
 
 class CliError(Exception):
@@ -30,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        _check(parser, args)
+        _check(args.parser, args)
         return args.run(args)
     except (CliError, OSError) as err:  # OSError: e.g. an --out folder that cannot be written
         print(f"diffviz: error: {err}", file=sys.stderr)
@@ -43,9 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffviz", description="See how each word of a prompt shapes a "
                                      "diffusion model's image.")
+    parser.add_argument("--version", action="version", version=f"diffviz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    talk = argparse.ArgumentParser(add_help=False)
+    loud = talk.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print only the paths written and errors")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="also show the libraries' own messages and warnings, and the report's progress")
 
-    ex = sub.add_parser("explain", help="generate an image, trace it, and write an HTML report",
+    ex = sub.add_parser("explain", parents=[talk], help="generate an image, trace it, and write an HTML report",
                         description="Generate an image from PROMPT, trace it, save the trace (.dvz) "
                         "beside the report and write a self-contained HTML report.")
     ex.add_argument("prompt", help='the prompt, in quotes: "a red circle left of a blue square"')
@@ -54,18 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL "
                     "if set, else the classroom model)")
     ex.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
-    ex.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ex.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default: 0); the generator "
+                    "is seeded on the CPU, as in Python with torch.Generator().manual_seed(SEED)")
     ex.add_argument("--guidance", type=float, default=7.5,
                     help="classifier-free guidance scale (default: 7.5)")
     ex.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model's own)")
-    ex.set_defaults(run=_explain)
+    ex.set_defaults(run=_explain, parser=ex)
 
-    rep = sub.add_parser("report", help="write an HTML report from a saved trace",
+    rep = sub.add_parser("report", parents=[talk], help="write an HTML report from a saved trace",
                          description="Write a self-contained HTML report from a trace file saved by "
                          "`diffviz explain` or Trace.save.")
     rep.add_argument("trace", type=Path, help="trace file (.dvz)")
     rep.add_argument("--out", type=Path, help="HTML report to write (default: the trace's name with .html)")
-    rep.set_defaults(run=_report)
+    rep.set_defaults(run=_report, parser=rep)
 
     bat = sub.add_parser("batch", help="generate and trace many prompts into a folder (resumable, sharded)",
                          description="Generate and trace every prompt of PROMPTS into DIR: a file per item and a "
@@ -87,14 +101,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="classifier-free guidance scale, where a row gives none (default: 7.5)")
     bat.add_argument("--negative-prompt", help="negative prompt, where a row gives none")
     bat.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model's own)")
-    bat.set_defaults(run=_batch)
+    bat.set_defaults(run=_batch, parser=bat)
 
     stu = sub.add_parser("study", help="write an HTML report of a batch folder's study",
                          description="Read every item of a `diffviz batch` folder (diffviz.study) and write a "
                          "self-contained HTML report of the distributions.")
     stu.add_argument("dir", type=Path, help="a folder written by `diffviz batch`")
     stu.add_argument("--out", type=Path, default=Path("study.html"), help="HTML report (default: study.html)")
-    stu.set_defaults(run=_study)
+    stu.set_defaults(run=_study, parser=stu)
     return parser
 
 
@@ -121,40 +135,50 @@ def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """The generation settings explain and batch share."""
     if not 1 <= args.steps <= 1000:
         parser.error(f"--steps must be between 1 and 1000, not {args.steps}.")
-    if args.seed < 0:
-        parser.error(f"--seed must be 0 or more, not {args.seed}.")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be between 0 and {MAX_SEED}, not {args.seed}.")
     if not 0 <= args.guidance <= 100:
         parser.error(f"--guidance must be between 0 and 100 (1 or less turns guidance off), "
                      f"not {args.guidance:g}.")
 
 
 def _explain(args: argparse.Namespace) -> int:
+    _check_writable(args.trace, args.out)
+    say = _say(args)
     import torch
 
     import diffviz
+    from diffviz.pipelines import set_scheduler
     from diffviz.viz import report
 
-    pipe = _load(args.model)
+    _library_messages(args.verbose)
+    pipe = _load(args.model, quiet=args.quiet)
     if args.scheduler:
         set_scheduler(pipe, args.scheduler)
-    pipe.set_progress_bar_config(desc="denoising", unit="step", leave=True)
-    device = getattr(pipe, "device", torch.device("cpu"))
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    print(f"generating “{args.prompt}”: {args.steps} steps, seed {args.seed}, guidance {args.guidance:g}",
-          file=sys.stderr)
+    if args.model is None and not os.environ.get(MODEL_ENV):
+        unknown = diffviz.classroom.unknown(pipe, args.prompt)
+        if unknown:
+            print(f"diffviz: warning: the classroom model never learnt {', '.join(map(repr, unknown))}; "
+                  "they still reach it, as character tokens it has no meaning for. Its words: "
+                  f"{' '.join(diffviz.classroom.vocabulary())}.", file=sys.stderr)
+    pipe.set_progress_bar_config(desc="denoising", unit="step", leave=True, disable=args.quiet)
+    generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same noise on any device
+    say(f"generating “{args.prompt}”: {args.steps} steps, seed {args.seed}, guidance {args.guidance:g}")
     try:
         with diffviz.trace(pipe) as tr:
             pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                  generator=generator)
     except (ValueError, diffviz.CaptureError) as err:  # e.g. a word the model's tokenizer does not know
         raise CliError(str(err)) from None
-    trace_path = tr.save(args.trace)
-    out = report(tr, args.out, progress=True)
-    print(f"trace:  {trace_path.resolve()}\nreport: {out.resolve()}")
+    with _together(args.trace, args.out) as (trace_tmp, out_tmp):
+        tr.save(trace_tmp)
+        report(tr, out_tmp, progress=args.verbose)
+    print(f"trace:  {args.trace.resolve()}\nreport: {args.out.resolve()}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
+    _check_writable(args.out)
     import diffviz
     from diffviz.viz import report
 
@@ -162,8 +186,9 @@ def _report(args: argparse.Namespace) -> int:
         tr = diffviz.load_trace(args.trace)
     except (FileNotFoundError, diffviz.TraceFileError) as err:
         raise CliError(str(err)) from None
-    out = report(tr, args.out, progress=True)
-    print(f"report: {out.resolve()}")
+    with _together(args.out) as (out_tmp,):
+        report(tr, out_tmp, progress=args.verbose)
+    print(f"report: {args.out.resolve()}")
     return 0
 
 
@@ -208,11 +233,58 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(args: argparse.Namespace):
+    """A print to stderr for progress messages, silent with --quiet."""
+    return (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+
+
+def _library_messages(verbose: bool) -> None:
+    """With --verbose, diffusers and transformers show their info messages, warnings and loading
+    bars (by default loading silences them: see diffviz.pipelines.quiet_loading)."""
+    if verbose:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.set_verbosity_info()
+        tlog.set_verbosity_info()
+
+
+def _check_writable(*paths: Path) -> None:
+    """CliError unless each path can be written: checked before any model runs."""
+    for path in paths:
+        if path.is_dir():
+            raise CliError(f"{str(path)!r} is a folder; give a file name for the output, "
+                           f"e.g. {str(path / 'run.html')!r}.")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # the first folder that exists
+            folder = folder.parent
+        if not folder.is_dir():
+            raise CliError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder.")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CliError(f"cannot write {str(path)!r}: the folder {str(folder)!r} is not writable; choose "
+                           "another --out (or --trace).")
+
+
+@contextmanager
+def _together(*targets: Path) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``targets``; once the block has written them all, rename
+    each onto its target. If the block fails or is interrupted, remove them: the targets stay as they were."""
+    temps = [t.parent / f".{t.name}.{os.getpid()}.partial" for t in targets]
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temps
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
 def _load(model: Path | None, device: str | None = None, quiet: bool = False):
     """The pipeline at ``model``; without one, $DIFFVIZ_MODEL or the classroom model (as
     ``diffviz.load_pipeline()``). A CliError naming the next step when it cannot be loaded."""
     import diffviz
-    from diffviz.pipelines import MODEL_ENV
 
     source = model or os.environ.get(MODEL_ENV) or "the classroom model"
     if not quiet:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attribution import Region, pool, region_mask
+from .regions import Region, pool, region_mask
 from .capture import processors, prompt_attn1_layers
 from .capture import trace as trace_ctx
 from .capture.recorder import attn2_layers

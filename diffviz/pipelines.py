@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first pipeline, so that `diffviz --help` starts at once
+    import torch
 
 SUPPORTED = (
     "StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, "
@@ -53,16 +59,36 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device | N
     ``device``: default "cuda" when available, else "cpu". ``dtype``: default float16 on CUDA,
     float32 on CPU (half precision is slow or unsupported there).
     """
-    from diffusers import DiffusionPipeline
-
     if path is None:
         path = os.environ.get(MODEL_ENV) or None
         if path is None:
             from .classroom import load_pipeline as classroom
 
             return classroom(device=device or "cpu")
-    folder = Path(path).expanduser()
-    index = folder / "model_index.json"
+    folder = check_folder(Path(path).expanduser())
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    with quiet_loading():
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+    check_pipeline(pipe)
+    return pipe.to(device)
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def check_folder(folder: Path) -> Path:
+    """``folder`` if it looks like a complete diffusers pipeline folder; else FileNotFoundError naming
+    what is wrong (no folder, a single-file checkpoint, no model_index.json, missing component folders)."""
+    convert = ("convert it once on any machine with diffusers: `StableDiffusionPipeline.from_single_file("
+               "FILE).save_pretrained(FOLDER)` (StableDiffusionXLPipeline for SDXL), then give FOLDER.")
+    if folder.is_file():
+        kind = "a single-file checkpoint" if folder.suffix.lower() in _CHECKPOINT_SUFFIXES else "a file"
+        raise FileNotFoundError(f"{str(folder)!r} is {kind}, not a diffusers pipeline folder; {convert}")
     if not folder.is_dir():
         raise FileNotFoundError(
             f"no model folder at {str(folder)!r}. Give the path of a diffusers checkpoint folder (the one "
@@ -70,14 +96,59 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device | N
             "`huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir PATH` "
             "on a machine with internet; or use diffviz.classroom.load_pipeline() for the bundled model."
         )
+    index = folder / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(
-            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json. A single-file "
-            "checkpoint (.safetensors/.ckpt) must first be converted with diffusers' "
-            "`from_single_file(...).save_pretrained(PATH)`."
+            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json. For a single-file "
+            f"checkpoint (.safetensors/.ckpt), {convert}"
         )
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
-    check_pipeline(pipe)
-    return pipe.to(device)
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{str(index)!r} cannot be read as JSON ({err}); download the checkpoint "
+                                "again.") from None
+    if not isinstance(components, dict):
+        raise FileNotFoundError(f"{str(index)!r} is not a diffusers model index (not a JSON object).")
+    missing = [name for name, spec in components.items()
+               if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec
+               and not (folder / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{str(folder)!r} has model_index.json but lacks the component folder(s) "
+            f"{', '.join(m + '/' for m in missing)}: the download is incomplete. Download the whole checkpoint "
+            "folder again (every subfolder model_index.json names)."
+        )
+    return folder
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence what loading prints that a user cannot act on (progress bars per component and per
+    weight file, deprecation and backend notices of diffusers and transformers) while it runs.
+
+    Left alone when the user asked those libraries for more (their verbosity set below WARNING, as
+    `diffviz --verbose` does)."""
+    import logging
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    if min(dlog.get_verbosity(), tlog.get_verbosity()) < logging.WARNING:
+        yield
+        return
+    saved = (dlog.get_verbosity(), tlog.get_verbosity(), dlog.is_progress_bar_enabled(),
+             tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|accelerate|huggingface_hub)")
+            yield
+    finally:
+        dlog.set_verbosity(saved[0])
+        tlog.set_verbosity(saved[1])
+        (dlog.enable_progress_bar if saved[2] else dlog.disable_progress_bar)()
+        (tlog.enable_progress_bar if saved[3] else tlog.disable_progress_bar)()

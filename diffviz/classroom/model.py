@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .data import vocabulary
-from .tokenizer import build_tokenizer, unknown_words
+from .tokenizer import build_tokenizer, read_any_text, unknown_words
 
 WEIGHTS = Path(__file__).parent / "weights"
 TEXT_DIM = 64
@@ -99,19 +99,17 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     ``pipe.tokenizer`` splits a word outside ``vocabulary()`` into characters; ``unknown(pipe, prompt)``
     names such words.
     """
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as dlogging
+    from ..pipelines import quiet_loading
 
     path = Path(path) if path is not None else WEIGHTS
     if not (path / "model_index.json").exists():
         raise FileNotFoundError(f"no classroom model at {path}; train one with `python -m diffviz.classroom.train`")
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
+    with quiet_loading():
+        from diffusers import StableDiffusionPipeline
+
         pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None,
                                                        feature_extractor=None, requires_safety_checker=False)
-    finally:
-        dlogging.set_verbosity(verbosity)
+    read_any_text(pipe.tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

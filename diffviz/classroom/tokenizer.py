@@ -1,7 +1,10 @@
 """A CLIP tokenizer built from a word list, with no files from a model hub.
 
 Every listed word is one token (``"circle</w>"``); any other word falls apart into
-character tokens, the way a real CLIP tokenizer splits a rare word into subwords.
+character tokens, the way a real CLIP tokenizer splits a rare word into subwords. The alphabet is
+printable ASCII: accents are dropped ("café" -> "cafe") and any other character outside it (an
+em dash, an emoji, CJK) becomes "?", so that nothing is read as the end token and the model, and a
+trace, see every word that follows.
 """
 
 from __future__ import annotations
@@ -11,11 +14,24 @@ import string
 import tempfile
 from pathlib import Path
 
+from tokenizers import Regex, normalizers
 from transformers import CLIPTokenizer
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 # CLIP lower-cases its input, so upper-case letters never reach the BPE.
 _CHARS = [c for c in string.printable if c.strip() and not c.isupper()]
+
+
+def read_any_text(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
+    """Give ``tokenizer`` (in place; also returned) a normalizer that maps all text into its alphabet,
+    printable ASCII: decompose (NFKD) and drop accents, collapse whitespace, lower-case, and replace
+    every other character by "?". Without it such a character is the unknown token, which is the end
+    token. Set at every load: transformers rebuilds CLIP's normalizer from its own defaults."""
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFKD(), normalizers.Replace(Regex(r"\p{Mn}"), ""), normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Lowercase(), normalizers.Replace(Regex(r"[^ -~]"), "?"),
+    ])
+    return tokenizer
 
 
 def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -63,7 +79,7 @@ def build_tokenizer(words: list[str], model_max_length: int = 77) -> CLIPTokeniz
             str(vocab_file), str(merges_file), model_max_length=model_max_length,
             bos_token=START, eos_token=END, pad_token=END, unk_token=END,
         )
-    return tokenizer
+    return read_any_text(tokenizer)
 
 
 def unknown_words(tokenizer: CLIPTokenizer, prompt: str) -> list[str]:
