@@ -113,7 +113,7 @@ def test_report_command_rebuilds_a_report_from_a_trace_file(tr, tmp_path, capsys
 @pytest.mark.parametrize("argv, message", [
     (["explain", "a cat", "--steps", "0"], "--steps must be between 1 and 1000, not 0"),
     (["explain", "a cat", "--guidance", "-1"], "--guidance must be between 0 and 100"),
-    (["explain", "a cat", "--seed", "-3"], "--seed must be 0 or more"),
+    (["explain", "a cat", "--seed", "-3"], "--seed must be between 0 and"),
     (["explain", "  "], "the prompt is empty"),
     (["explain", "a cat", "--scheduler", "heun"], "invalid choice: 'heun' (choose from ddim, euler, dpm)"),
     (["explain", "a cat", "--out", "x.dvz"], "--trace and --out are the same file"),
