@@ -119,7 +119,7 @@ def test_the_generator_is_seeded_on_the_cpu(model_dir, tmp_path, monkeypatch):
             return super().__call__(*args, generator=generator, **kwargs)
 
     pipe.__class__ = OnAGpu
-    monkeypatch.setattr(diffviz, "load_pipeline", lambda model: pipe)
+    monkeypatch.setattr(diffviz, "load_pipeline", lambda model, **kwargs: pipe)
     assert main(["explain", "a red circle", "--model", str(model_dir), "--steps", "2",
                  "--out", str(tmp_path / "g.html")]) == 0
     assert seen == ["cpu"]
