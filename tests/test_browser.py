@@ -26,6 +26,8 @@ import pytest
 
 import diffviz
 
+from .conftest import generate
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,6 +109,16 @@ def test_report_draws_and_steps_offline(browser, traced, tmp_path, screenshots):
 
 
 # ---- the explorer in JupyterLab ----------------------------------------------------------------------------
+def write_notebook(path: Path, cells: list[str]) -> None:
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c}
+                  for c in cells],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,22 +126,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def jupyterlab(traced, tmp_path_factory):
+def jupyterlab(traced, sd_pipe, tmp_path_factory):
     """JupyterLab on localhost (this Python's environment, so the kernel has diffviz), serving a
-    folder with a saved trace and a notebook that explores it; yields (base URL, token)."""
+    folder with two saved traces and notebooks that explore them (explore.ipynb one, compare.ipynb
+    both); yields (base URL, token)."""
     root = tmp_path_factory.mktemp("lab")
     traced[1].save(root / "run.dvz")
-    cells = [
-        "import diffviz\ntrace = diffviz.load_trace('run.dvz')",
-        "app = diffviz.explore(trace, ['red'])\napp",
-    ]
-    notebook = {
-        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": c}
-                  for c in cells],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    (root / "explore.ipynb").write_text(json.dumps(notebook))
+    with diffviz.trace(sd_pipe) as other:
+        generate(sd_pipe, "a blue circle above a red square", seed=1)
+    other.save(root / "other.dvz")
+    load = "import diffviz\ntrace = diffviz.load_trace('run.dvz')"
+    write_notebook(root / "explore.ipynb", [load, "app = diffviz.explore(trace, ['red'])\napp"])
+    write_notebook(root / "compare.ipynb", [
+        load, "other = diffviz.load_trace('other.dvz')",
+        "app = diffviz.explore(trace, ['red'], compare=other)\napp"])
     home = tmp_path_factory.mktemp("jupyter-home")
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
@@ -176,7 +186,7 @@ def open_notebook(browser, jupyterlab, name: str):
     blocked URLs, the figure's locator)."""
     base, token = jupyterlab
     page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300, width=1400)
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.goto(f"{base}/lab/tree/{name}?reset&token={token}")  # reset: no tabs left open by another test
     page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')",
                            timeout=90_000)
     page.wait_for_function("""() => {
@@ -219,7 +229,7 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
     page, blocked, plot = open_notebook(browser, jupyterlab, "explore.ipynb")
     before = plot.evaluate(FIRST_IMAGE_HREF)
     assert before.startswith("data:image/png;base64,")
-    assert "step 0" in plot.locator(".annotation-text").first.text_content()
+    assert "step 0 of 3" in plot.locator(".gtitle").text_content()
 
     # move the step slider with the keyboard, as a user can: two steps to the right
     slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="step")
@@ -234,12 +244,42 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
         timeout=20_000, polling=10)
     took = 1000 * (time.perf_counter() - pressed)
     print(f"explorer: slider move to redrawn figure in the browser, {took:.0f} ms")
-    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .annotation-text')
-        .textContent.includes('step 2')""", timeout=20_000)
+    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .gtitle')
+        .textContent.includes('step 2 of 3')""", timeout=20_000)
 
     shot = screenshots / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
+    assert blocked == [], f"JupyterLab or the explorer tried to reach the network: {blocked[:5]}"
+    page.context.close()
+
+
+
+def test_explorer_compares_two_traces_on_one_step_slider(browser, jupyterlab, screenshots):
+    page, blocked, plot = open_notebook(browser, jupyterlab, "compare.ipynb")
+    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot')
+        .querySelectorAll('g.imagelayer image, image').length >= 8""", timeout=30_000)
+    # two rows of pictures and heat maps, both maps half transparent, the figure as wide as its cell
+    heat = plot.evaluate("gd => gd._fullData.filter(t => t.type === 'heatmap').map(t => t.opacity)")
+    assert heat == [pytest.approx(0.6)] * 2
+    page.wait_for_timeout(1000)
+    width, room = plot.evaluate(WIDTHS)
+    assert width >= room - 40, f"the figure is {width} px wide in a {room:.0f} px output area"
+    prompts = plot.locator(".annotation-text").all_text_contents()
+    assert any(t.startswith("A: “a red circle left of a blue square”") for t in prompts)
+    assert any(t.startswith("B: “a blue circle above a red square”") for t in prompts)
+    # one slider moves both rows: the first x0 of each row changes
+    hrefs = """gd => { const im = gd.querySelectorAll('g.imagelayer image, image');
+        return [im[0].getAttribute('href'), im[4].getAttribute('href')]; }"""
+    before = plot.evaluate(hrefs)
+    handle = page.locator(".jp-OutputArea .widget-slider").filter(has_text="step").locator(".noUi-handle")
+    handle.focus()
+    handle.press("End")
+    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .gtitle')
+        .textContent.includes('step 3 of 3')""", timeout=20_000)
+    after = plot.evaluate(hrefs)
+    assert after[0] != before[0] and after[1] != before[1]
+    page.screenshot(path=str(screenshots / "explorer_compare.png"), full_page=True)
     assert blocked == [], f"JupyterLab or the explorer tried to reach the network: {blocked[:5]}"
     page.context.close()
 

@@ -1,8 +1,10 @@
 """``explore(trace)``: an ipywidgets app to step through a generation and ask where each word looks.
 
 Every control redraws from data already in the trace (no model call): pictures are the fast
-linear preview, PNG-encoded once per step and cached; the heat maps of the current word, layer
-and head selection are computed for all steps at once, so moving the step slider only swaps arrays.
+linear preview, PNG-encoded once per step when the app is built; the heat maps of the current
+word, layer and head selection are computed for all steps at once, so moving the step slider only
+swaps arrays. ``explore(a, compare=b)`` shows two traces (two prompts, seeds, or a run with and
+without an edit) row above row on one step slider.
 """
 
 from __future__ import annotations
@@ -12,50 +14,95 @@ from typing import Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from .. import heatmap
 from ..trace import Trace
 from . import _draw as d
 
-# trace indices in the figure
-X0, NOISY, IMAGE, HEAT, LINES = 0, 1, 2, 3, 4
+# traces of one row of panels, in figure order: a row holds PER_ROW traces
+X0, NOISY, FINAL, UNDER, HEAT = range(5)
+PER_ROW = 5
 ALL, MEAN = "all", -1  # dropdown values for "no layer filter" and "mean of heads" (None means "no selection")
+FIXED, FIT = "fixed", "fit"  # colour scales: one for every word, or fitted to the picked words
+TITLES = ("guess of the final image (x0)", "noisy input", "final image")
+CAPTIONS = ("the model's guess of the final image", "the noisy input at this step",
+            "the image the run ended with", "where the word's information went")
+SCALE_TITLE = "share of a<br>pixel's attention"
+ACCENT, GREY = "#111111", "#b0b0b0"  # lines of picked words, and of the others
+COLOUR_WORDS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f5fd6", "yellow": "#d4b000",
+                "purple": "#8e44ad", "orange": "#f28e1c", "pink": "#e377c2", "brown": "#8c564b",
+                "black": "#000000", "white": "#c9c9c9", "grey": "#7f7f7f", "gray": "#7f7f7f",
+                "cyan": "#17becf", "magenta": "#d62ad6"}
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 
 class Explorer(widgets.VBox):
     """The explorer app: controls above one plotly ``FigureWidget`` (``.figure``).
 
-    Top row: predicted x0 and the noisy latent at the step, and the picked words' heat map at that
-    step over the final image (one colour scale over all steps, so a word fades in and out).
-    Bottom: each word's share of the attention per step, picked words bold, the step marked.
+    Each row (one per trace): the predicted x0 and the noisy input at the step, the final image on
+    its own, and the picked words' heat map at that step over the final image. Below: each word's
+    share of the attention per step (for the layer filter), picked words marked, the step marked.
     """
 
     @d.one_thread
-    def __init__(self, trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6):
-        if trace.num_steps == 0:
-            raise ValueError("this trace is empty: nothing was generated inside its "
-                             "`with diffviz.trace(pipe)` block.")
+    def __init__(self, trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6,
+                 scale: str = FIXED, compare: Trace | None = None):
+        self.traces = [trace] if compare is None else [trace, compare]
+        for t in self.traces:
+            if t.num_steps == 0:
+                raise ValueError("this trace is empty: nothing was generated inside its "
+                                 "`with diffviz.trace(pipe)` block.")
+        if compare is not None and compare.num_steps != trace.num_steps:
+            raise ValueError(f"compare needs two traces with as many steps: {trace.num_steps} and "
+                             f"{compare.num_steps}. Trace both with the same num_inference_steps.")
+        if scale not in (FIXED, FIT):
+            raise ValueError(f"scale must be {FIXED!r} (one colour scale for every word) or {FIT!r} "
+                             f"(fitted to the picked words), not {scale!r}.")
         self.trace = trace
-        self._pictures: dict[tuple[str, int], str] = {}
-        self._maps = None  # [step, h, w] heat maps of the current selection
+        self._pictures = {(r, of, s): d.preview_uri(t, s, of, fast=True)  # every step, encoded once
+                          for r, t in enumerate(self.traces) for of in ("x0", "latents")
+                          for s in range(t.num_steps)}
+        self._maps: list[torch.Tensor | None] = [None] * len(self.traces)  # [step, h, w] per row
         self._zmax = 1.0
+        self._strongest: dict[tuple, float] = {}  # colour scale of FIXED, per layer and head selection
+        self._mass = [_layer_word_mass(t) for t in self.traces]  # [layer, step, word] per row
         labels = d.word_labels(trace)
         picked = [d.default_word(trace)] if words is None else _word_ids(trace, words)
 
-        self.step = widgets.IntSlider(0, 0, trace.num_steps - 1, description="step", continuous_update=True,
-                                      layout=widgets.Layout(width="420px"))
-        self.play = widgets.Play(value=0, min=0, max=trace.num_steps - 1, interval=250, description="play")
+        n = trace.num_steps
+        self.step = widgets.IntSlider(0, 0, n - 1, description="step", continuous_update=True,
+                                      layout=widgets.Layout(width="420px"),
+                                      tooltip=f"denoising step, 0 (pure noise) to {n - 1} (the last)")
+        self.play = widgets.Play(value=0, min=0, max=n - 1, interval=150, description="play",
+                                 show_repeat=False,
+                                 tooltip="▶ play the steps, ❚❚ pause, ■ stop and go back to step 0")
         widgets.jslink((self.play, "value"), (self.step, "value"))
-        options = [(label, i) for i, label in enumerate(labels)]
-        self.words = widgets.SelectMultiple(options=options, value=tuple(picked), rows=min(8, len(labels)),
-                                            description="words")
-        self.layers = widgets.Dropdown(options=_layer_options(trace), value=ALL, description="layers")
-        self.heads = widgets.Dropdown(options=[("mean of heads", MEAN)], value=MEAN, description="head")
+        self.words = widgets.SelectMultiple(
+            options=[(label, i) for i, label in enumerate(labels)], value=tuple(picked), rows=len(labels),
+            description="words", tooltip="click a word; Ctrl-click (⌘-click on a Mac) to add or remove "
+                                         "words: their maps add up")
+        self.layers = widgets.Dropdown(options=_layer_options(trace), value=ALL, description="layers",
+                                       tooltip="average the heat map (and the lines) over these layers")
+        self.heads = widgets.Dropdown(options=[("mean of heads", MEAN)], value=MEAN, description="head",
+                                      tooltip="one attention head of the layers, or their mean")
         self._quiet = False  # set while the head options are rebuilt, so the heat maps are computed once
         self.opacity = widgets.FloatSlider(opacity, min=0, max=1, step=0.05, description="opacity",
-                                           continuous_update=True)
+                                           continuous_update=True,
+                                           tooltip="how much the heat map covers the final image under it")
+        self.scale = widgets.ToggleButtons(
+            options=[("same for all words", FIXED), ("fit to picked words", FIT)], value=scale,
+            description="colours", style={"button_width": "150px"},
+            tooltip="how heat-map colours are scaled (the colour bar shows the values)",
+            tooltips=[("one colour scale for every word and step (the strongest word at its strongest step "
+                       "is brightest): compare words"),
+                      ("the colour scale ends at the picked words' strongest value: see the shape of a "
+                       "weak word")])
+        self.layer_hover = widgets.HTML()  # the module path of a single layer
         self._update_head_options()
+        if not trace.options.get("heads") or (compare is not None and not compare.options.get("heads")):
+            self.heads.layout.display = "none"  # only the head mean was captured: nothing to pick
 
         self.figure = self._build_figure()
         self._select()
@@ -65,43 +112,73 @@ class Explorer(widgets.VBox):
         self.words.observe(lambda _: self._on_selection(), "value")
         self.heads.observe(lambda _: self._quiet or self._on_selection(), "value")
         self.layers.observe(lambda _: self._on_layers(), "value")
+        self.scale.observe(lambda _: self._on_selection(), "value")
         self.opacity.observe(lambda _: self._on_opacity(), "value")
-        controls = widgets.HBox([self.words, widgets.VBox([self.layers, self.heads, self.opacity])])
+        hint = widgets.HTML("<small>Ctrl-click (⌘ on a Mac) picks several words</small>")
+        controls = widgets.HBox([widgets.VBox([self.words, hint]),
+                                 widgets.VBox([self.layers, self.layer_hover, self.heads, self.opacity,
+                                               self.scale])])
         super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure, _page_helper()])
         self.add_class("diffviz-explorer")
 
     # ---- drawing --------------------------------------------------------------------------------------
-    def _picture(self, of: str, step: int) -> str:
-        """PNG data URI of the preview of ``of`` ("x0" or "latents") at ``step``, cached."""
-        key = (of, step)
-        if key not in self._pictures:
-            self._pictures[key] = d.preview_uri(self.trace, step, of, fast=True)
-        return self._pictures[key]
-
     def _build_figure(self) -> go.FigureWidget:
-        tr = self.trace
-        fig = make_subplots(rows=2, cols=3, row_heights=[0.62, 0.38], vertical_spacing=0.12,
-                            horizontal_spacing=0.04, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]],
-                            subplot_titles=["predicted x0", "noisy latent (U-Net input)", "heat map", ""])
-        fig.add_trace(d.image_trace(tr, self._picture("x0", 0), "predicted x0"), row=1, col=1)
-        fig.add_trace(d.image_trace(tr, self._picture("latents", 0), "noisy latent"), row=1, col=2)
-        fig.add_trace(d.image_trace(tr, d.png_uri(d.final_image(tr)), "final image"), row=1, col=3)
-        heat = d.heat_trace(tr, self._blank(), opacity=self.opacity.value, showscale=True)
-        fig.add_trace(heat, row=1, col=3)
-        for c in (1, 2, 3):
-            d.image_axes(fig, tr, 1, c)
-        for label, ys in zip(d.word_labels(tr), heatmap.word_share(tr).T.tolist()):
-            fig.add_trace(go.Scatter(x=list(range(tr.num_steps)), y=ys, name=label, mode="lines",
-                                     hovertemplate=f"{label}: %{{y:.1f}}%<extra>step %{{x}}</extra>"),
-                          row=2, col=1)
-        fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, tr.num_steps - 0.5],
-                         dtick=d.step_tick(tr), row=2, col=1)
-        fig.update_yaxes(title_text="% of word attention", rangemode="tozero", row=2, col=1)
-        fig.add_vline(x=0, line=dict(color="black", dash="dot", width=1), row=2, col=1)
-        fig.data[HEAT].colorbar.update(len=0.55, y=0.78)
-        # autosize: as wide as the notebook cell
-        fig.update_layout(autosize=True, height=660, margin=dict(t=90, l=60, r=20, b=40),
-                          legend=dict(y=0.2, yanchor="middle"), title=tr.prompt)
+        rows = len(self.traces)
+        fig = make_subplots(rows=rows + 1, cols=4, row_heights=[0.62 / rows] * rows + [0.38],
+                            vertical_spacing=0.1 if rows == 1 else 0.08, horizontal_spacing=0.025,
+                            specs=[[{}] * 4] * rows + [[{"colspan": 4}, None, None, None]])
+        for r, tr in enumerate(self.traces):
+            final = d.png_uri(d.final_image(tr))
+            for c, (uri, name) in enumerate([(self._pictures[r, "x0", 0], "x0"),
+                                             (self._pictures[r, "latents", 0], "noisy input"),
+                                             (final, "final image"), (final, "final image")]):
+                fig.add_trace(d.image_trace(tr, uri, name).update(zsmooth="fast"), row=r + 1, col=c + 1)
+                d.image_axes(fig, tr, r + 1, c + 1)
+            heat = d.heat_trace(tr, self._blank(tr), opacity=self.opacity.value, showscale=r == 0)
+            fig.add_trace(heat, row=r + 1, col=4)
+        for r, tr in enumerate(self.traces):
+            suffix = "" if rows == 1 else " (B)" if r else " (A)"
+            for label, word in zip(d.word_labels(tr), tr.words):
+                fig.add_trace(go.Scatter(
+                    x=list(range(tr.num_steps)), y=[0] * tr.num_steps, name=label + suffix, mode="lines",
+                    line={"color": GREY, "dash": "dash" if r else "solid"}, legendgroup=str(r),
+                    hovertemplate=f"{label}{suffix}: %{{y:.1f}}%<extra>step %{{x}}</extra>"),
+                    row=rows + 1, col=1)
+        n = self.trace.num_steps
+        fig.update_xaxes(title_text="step (noisy → clean)", range=[-0.5, n - 0.5],
+                         dtick=d.step_tick(self.trace), row=rows + 1, col=1)
+        fig.update_yaxes(title_text="% of the words' attention", rangemode="tozero", row=rows + 1, col=1)
+        fig.add_vline(x=0, line={"color": "black", "dash": "dot", "width": 1}, row=rows + 1, col=1)
+        # one colour bar beside the heat maps, titled with what the colour measures
+        top = fig.get_subplot(1, 4).yaxis.domain[1]
+        bottom = fig.get_subplot(rows, 4).yaxis.domain[0]
+        fig.data[HEAT].colorbar.update(len=top - bottom, y=(top + bottom) / 2, yanchor="middle",
+                                       thickness=14, title={"text": SCALE_TITLE, "side": "right"})
+        # a title above and a one-line caption under each panel; in a comparison, each row's prompt
+        self._titles: dict[tuple[int, int], int] = {}
+        for r, tr in enumerate(self.traces):
+            for c in range(4):
+                ax = fig.get_subplot(r + 1, c + 1)
+                on = {"xref": f"{ax.yaxis.anchor} domain", "yref": f"{ax.xaxis.anchor} domain"}  # x3, y3
+                self._titles[r, c] = len(fig.layout.annotations)
+                fig.add_annotation(text=TITLES[c] if c < 3 else "", x=0.5, y=1.0, yanchor="bottom",
+                                   showarrow=False, font={"size": 13}, **on)
+                fig.add_annotation(text=CAPTIONS[c], x=0.5, y=0.0, yanchor="top", showarrow=False,
+                                   font={"size": 11, "color": "#555"}, **on)
+            if rows > 1:
+                ax = fig.get_subplot(r + 1, 1)
+                fig.add_annotation(text=f"<b>{'AB'[r]}</b>: “{tr.prompt}”, {_run_words(tr)}",
+                                   xref="paper", yref=f"{ax.xaxis.anchor} domain", x=0, y=1.13,
+                                   xanchor="left", yanchor="bottom", showarrow=False, font={"size": 13})
+        self._lines_title = len(fig.layout.annotations)
+        ax = fig.get_subplot(rows + 1, 1)
+        fig.add_annotation(text="", xref="paper", yref=f"{ax.xaxis.anchor} domain", x=0, y=1.02,
+                           xanchor="left", yanchor="bottom", showarrow=False, font={"size": 13})
+        # autosize: as wide as the notebook cell (the page helper keeps it so)
+        fig.update_layout(autosize=True, height=700 if rows == 1 else 960,
+                          margin={"t": 70 if rows == 1 else 90, "l": 50, "r": 30, "b": 40},
+                          legend={"y": 0.19 if rows == 1 else 0.13, "yanchor": "middle"},
+                          title={"text": "", "x": 0, "xanchor": "left", "font": {"size": 15}})
         try:
             return go.FigureWidget(fig)
         except ImportError as err:  # plotly's FigureWidget is an anywidget
@@ -109,49 +186,94 @@ class Explorer(widgets.VBox):
                               "pip install 'diffviz[notebooks]', or pip install anywidget.") from err
 
     def _select(self) -> None:
-        """Recompute the heat maps of the current words / layers / heads for every step."""
-        words = list(self.words.value)
-        if words:
-            self._maps = d.step_maps(self.trace, words, layers=self._layers, heads=self._heads)
-            self._zmax = float(self._maps.max()) or 1.0
+        """Recompute the heat maps of the current words / layers / heads for every step, every row."""
+        for r, tr in enumerate(self.traces):
+            words = self._row_words(r)
+            self._maps[r] = d.step_maps(tr, words, layers=self._layers, heads=self._heads) if words else None
+        if self.scale.value == FIXED:
+            self._zmax = self._strongest_word()
         else:
-            self._maps = None
+            self._zmax = max((float(m.max()) for m in self._maps if m is not None), default=1.0) or 1.0
 
     def _show_step(self) -> None:
         s, fig, tr = self.step.value, self.figure, self.trace
+        # only images' sources and heat maps' z in one update: see _draw_lines
         with fig.batch_update():
-            fig.data[X0].source = self._picture("x0", s)
-            fig.data[NOISY].source = self._picture("latents", s)
+            for r in range(len(self.traces)):
+                fig.data[r * PER_ROW + X0].source = self._pictures[r, "x0", s]
+                fig.data[r * PER_ROW + NOISY].source = self._pictures[r, "latents", s]
             self._draw_heat()
             fig.layout.shapes[0].update(x0=s, x1=s)
-            fig.layout.annotations[0].text = f"predicted x0, {d.step_label(tr, s)}"
+            where = "" if len(self.traces) > 1 else f"“{tr.prompt}”, {_run_words(tr)} · "
+            fig.layout.title.text = f"{where}step {s} of {tr.num_steps - 1} (t={float(tr.timesteps[s]):g})"
 
     def _draw_heat(self) -> None:
-        heat, ann = self.figure.data[HEAT], self.figure.layout.annotations[2]
-        if self._maps is None:
-            heat.z = self._blank()
-            ann.text = "pick a word"
-            return
-        heat.z = self._maps[self.step.value].numpy()
-        heat.zmax = self._zmax
-        where = "" if self._layers is None else f", {self.layers.label}"
+        s, fig = self.step.value, self.figure
+        where = "all layers" if self._layers is None else self.layers.label
         head = "" if self._heads is None else f", head {self._heads}"
-        ann.text = f"{d.words_title(self.trace, list(self.words.value))}{where}{head}"
+        for r, maps in enumerate(self._maps):
+            heat = fig.data[r * PER_ROW + HEAT]
+            ann = fig.layout.annotations[self._titles[r, 3]]
+            heat.zmax = self._zmax
+            if maps is None:
+                heat.z = self._blank(self.traces[r])
+                picked = d.words_title(self.trace, list(self.words.value))
+                ann.text = f"{picked}: not in this prompt" if r and self.words.value else "pick a word"
+            else:
+                heat.z = maps[s].numpy()
+                ann.text = f"{d.words_title(self.trace, list(self.words.value))}, {where}{head}"
+        fig.data[HEAT].showscale = any(m is not None for m in self._maps)  # no words: no colour bar
 
     def _draw_lines(self) -> None:
-        """Picked words' lines bold. One restyle with a value for every line: plotly.js's widget model
-        applies a batched restyle to its copy of the figure with ``undefined`` wherever a trace of the
-        batch has no value (the heat map's opacity was lost that way), and draws from that copy."""
-        picked = set(self.words.value)
-        n = len(self.figure.data) - LINES
-        self.figure.plotly_restyle({"line.width": [3 if w in picked else 1 for w in range(n)],
-                                    "opacity": [1.0 if w in picked else 0.35 for w in range(n)]},
-                                   list(range(LINES, LINES + n)))
+        """Each word's share of attention per step over the layer filter: picked words in the accent
+        colour, colour words in their colour. Updated by one restyle that gives a value for every
+        line: plotly.js's widget model applies an update to its copy of the figure with ``undefined``
+        for a trace the update has no value for (the heat map's opacity was lost that way), and
+        draws from that copy whenever the output is shown."""
+        layers = self.trace.layer_names(self._layers)
+        ys, colours, widths, opacity = [], [], [], []
+        for r, tr in enumerate(self.traces):
+            idx = [i for i, l in enumerate(tr.layers) if l.name in layers] or list(range(len(tr.layers)))
+            mass = self._mass[r][idx].mean(0)  # [step, word]
+            share = 100 * mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+            picked = set(self._row_words(r))
+            for w, word in enumerate(tr.words):
+                own = COLOUR_WORDS.get(word.lower())
+                ys.append(share[:, w].tolist())
+                colours.append(own or (ACCENT if w in picked else GREY))
+                widths.append(3.5 if w in picked else 1.5)
+                opacity.append(1.0 if w in picked or own is None else 0.45)
+        first = len(self.traces) * PER_ROW
+        self.figure.plotly_restyle({"y": ys, "line.color": colours, "line.width": widths, "opacity": opacity},
+                                   list(range(first, first + len(ys))))
+        what = "all layers" if self._layers is None else self.layers.label
+        self.figure.layout.annotations[self._lines_title].text = f"each word's share of attention, {what}"
 
-    def _blank(self) -> list[list[float]]:
+    def _blank(self, trace: Trace) -> list[list[float]]:
         """[h, w] zeros on the attention grid: the heat map when no word is picked."""
-        h, w = heatmap.grid(self.trace)
+        h, w = d.heat_size(trace)
         return [[0.0] * w] * h
+
+    def _row_words(self, r: int) -> list[int]:
+        """The picked words as indices into row ``r``'s trace: the same words (text and occurrence)."""
+        picked = list(self.words.value)
+        if r == 0:
+            return picked
+        out = []
+        for w in picked:
+            text = self.trace.words[w].lower()
+            nth = [i for i, x in enumerate(self.trace.words) if x.lower() == text].index(w)
+            there = [i for i, x in enumerate(self.traces[r].words) if x.lower() == text]
+            out += there[nth: nth + 1]
+        return out
+
+    def _strongest_word(self) -> float:
+        """Colour scale of FIXED: the largest value any single word reaches at any step, for the
+        current layers and heads (over every row), so one colour means one attention share."""
+        key = (self._layers, self._heads)
+        if key not in self._strongest:
+            self._strongest[key] = max(_word_peak(t, self._layers, self._heads) for t in self.traces) or 1.0
+        return self._strongest[key]
 
     # ---- events ------------------------------------------------------------------------------------------
     @d.one_thread
@@ -171,17 +293,23 @@ class Explorer(widgets.VBox):
             self._update_head_options()
         finally:
             self._quiet = False
+        names = self.trace.layer_names(self._layers)
+        self.layer_hover.value = (f"<small title='{names[0]}'>module {names[0]}</small>" if len(names) == 1
+                                  else "")
         self._on_selection()
 
     def _on_opacity(self) -> None:
-        self.figure.data[HEAT].opacity = self.opacity.value
+        with self.figure.batch_update():
+            for r in range(len(self.traces)):
+                self.figure.data[r * PER_ROW + HEAT].opacity = self.opacity.value
 
     def _update_head_options(self) -> None:
-        """Heads to pick: those every selected layer has; none when only the head mean was captured."""
-        if not self.trace.options.get("heads"):
-            self.heads.options, self.heads.disabled = [("mean of heads (captured)", MEAN)], True
+        """Heads to pick: those every selected layer has (of every row); none when only the head mean
+        was captured."""
+        if not all(t.options.get("heads") for t in self.traces):
+            self.heads.options = [("mean of heads", MEAN)]
             return
-        n = min(self.trace.attn[name].shape[1] for name in self.trace.layer_names(self._layers))
+        n = min(t.attn[name].shape[1] for t in self.traces for name in t.layer_names(self._layers))
         keep = self.heads.value if self.heads.value < n else MEAN
         self.heads.options = [("mean of heads", MEAN)] + [(f"head {h}", h) for h in range(n)]
         self.heads.value = keep
@@ -241,12 +369,16 @@ def _page_helper() -> widgets.DOMWidget:
     return _page_helper_class()()
 
 
-def explore(trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6) -> Explorer:
+def explore(trace: Trace, words: Sequence[str | int] | None = None, *, opacity: float = 0.6,
+            scale: str = FIXED, compare: Trace | None = None) -> Explorer:
     """An interactive explorer of ``trace`` for a notebook: step slider with play, word picker
     (several at once: their heat maps are summed), layer filter (block, resolution or one layer),
-    head picker (when heads were captured) and overlay opacity. ``words``: words (text or index)
-    picked at the start; default the one with the most attention."""
-    return Explorer(trace, words, opacity=opacity)
+    head picker (when heads were captured), overlay opacity and colour scale. ``words``: words (text
+    or index) picked at the start; default the one with the most attention. ``scale``: "fixed", one
+    colour scale for every word (the strongest word's peak), or "fit", fitted to the picked words.
+    ``compare``: a second trace with as many steps (another prompt, seed, or the run with an edit),
+    shown below the first on the same step slider, the same words picked by their text."""
+    return Explorer(trace, words, opacity=opacity, scale=scale, compare=compare)
 
 
 def _word_ids(trace: Trace, words: Sequence[str | int]) -> list[int]:
@@ -256,11 +388,67 @@ def _word_ids(trace: Trace, words: Sequence[str | int]) -> list[int]:
     return out
 
 
+def _run_words(trace: Trace) -> str:
+    """What else tells two runs apart, as far as a trace records it."""
+    edit = trace.options.get("edit")
+    return f"guidance {trace.guidance_scale:g}" + (f", edited: {edit}" if edit else "")
+
+
+def _to_words(trace: Trace) -> torch.Tensor:
+    """[token, word] 1 where a stored token belongs to a word: summing tokens into words."""
+    out = torch.zeros(len(trace.tokens), max(1, len(trace.words)))
+    for i, t in enumerate(trace.tokens):
+        if t.word is not None:
+            out[i, t.word] = 1.0
+    return out
+
+
+def _word_peak(trace: Trace, layers: str | None, heads: int | None) -> float:
+    """The largest value any one word's map (as ``step_maps`` draws it) reaches at any step, in one
+    pass over the layers instead of one per word."""
+    names, to_word = trace.layer_names(layers), _to_words(trace)
+    by_size: dict[tuple[int, int], torch.Tensor] = {}
+    for name in names:
+        a = trace.attn[name]  # [step, head, token, h, w]
+        a = (a if heads is None else a[:, [heads]]).float().mean(1)
+        m = torch.einsum("sthw,tk->skhw", a, to_word)  # [step, word, h, w]
+        key = tuple(m.shape[-2:])
+        by_size[key] = by_size[key] + m if key in by_size else m
+    total = sum(heatmap.upsample(m, heatmap.grid(trace)) for m in by_size.values())
+    return float(total.max()) / len(names)
+
+
+def _layer_word_mass(trace: Trace) -> torch.Tensor:
+    """[layer, step, word] float32: mean attention probability each word receives at each step in each
+    layer (over pixels and heads; ``heatmap.word_mass`` is its mean over layers)."""
+    to_word = _to_words(trace)
+    return torch.stack([trace.attn[l.name].float().mean(dim=(1, 3, 4)) @ to_word for l in trace.layers])
+
+
+def layer_title(trace: Trace, name: str) -> str:
+    """Plain name of a layer: "first down block, 8x8", "middle block, 8x8", "first up block, 16x16
+    (2 of 3)". The one place that reads block names from a module path (to become the family adapter's
+    layer description, issue 12); a path it does not know keeps its short label."""
+    layer = next(l for l in trace.layers if l.name == name)
+    parts = name.split(".")
+    kinds = {"down_blocks": "down", "mid_block": "middle", "up_blocks": "up"}
+    if parts[0] not in kinds:
+        return f"{d.layer_label(name)}, {layer.resolution}"
+    block = ".".join(parts[:2]) if parts[0] != "mid_block" else parts[0]
+    same_kind = list(dict.fromkeys(".".join(l.name.split(".")[:2]) for l in trace.layers
+                                   if l.name.startswith(parts[0] + ".")))
+    nth = "" if parts[0] == "mid_block" else ORDINALS[min(same_kind.index(block), len(ORDINALS) - 1)] + " "
+    siblings = [l.name for l in trace.layers if l.name.startswith(block + ".")]
+    which = f" ({siblings.index(name) + 1} of {len(siblings)})" if len(siblings) > 1 else ""
+    return f"{nth}{kinds[parts[0]]} block, {layer.resolution}{which}"
+
+
 def _layer_options(trace: Trace) -> list[tuple[str, str]]:
     """("all layers", ALL), then blocks, resolutions and single layers, as ``Trace.layer_names``
     takes them."""
     layers = [trace.layers[i] for i in d.unet_order(trace)]
     blocks = [b for b in ("down", "mid", "up") if any(l.name.startswith(b) for l in layers)]
+    names = {"down": "down blocks (in)", "mid": "middle block", "up": "up blocks (out)"}
     sizes = sorted({l.resolution for l in layers}, key=lambda r: -int(r.split("x")[0]))
-    return ([("all layers", ALL)] + [(f"{b} blocks", b) for b in blocks] + [(f"{r} maps", r) for r in sizes]
-            + [(f"{d.layer_label(l.name)} ({l.resolution})", l.name) for l in layers])
+    return ([("all layers", ALL)] + [(names[b], b) for b in blocks] + [(f"{r} maps", r) for r in sizes]
+            + [(layer_title(trace, l.name), l.name) for l in layers])
