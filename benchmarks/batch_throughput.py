@@ -2,12 +2,14 @@
 
     python benchmarks/batch_throughput.py [--prompts 24] [--rounds 3] [--steps 25] [--keep summary]
     torchrun --standalone --nproc_per_node 2 benchmarks/batch_throughput.py ...      # two processes
+    torchrun --standalone --nproc_per_node NGPU benchmarks/batch_throughput.py --kind sd15   # one process per GPU
 
 Each round runs the untraced loop (``pipe(prompt, ...)`` per item, this process's share of the items)
 and ``diffviz.batch.run`` (trace, summary or full trace, atomic file and index writes, the final merge)
 over a fresh slice of the held-out classroom prompts, alternating which goes first, so drift in the
 load of a shared machine hits both alike. Under several processes every phase starts and ends on a
-barrier, and rank 0 times the whole group. Prints the items per second of each and their ratio
+barrier, and rank 0 times the whole group. ``--kind sd15`` uses a random-weight pipeline with
+Stable Diffusion 1.5's shapes (``diffviz.testing.full_size_pipeline``, 512 px, float16) on GPU LOCAL_RANK. Prints the items per second of each and their ratio
 (batch time / loop time; the issue's bar is 1.10) per round and over all rounds.
 """
 
@@ -34,9 +36,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--keep", default="summary", choices=["summary", "full"])
+    ap.add_argument("--kind", default="classroom", choices=["classroom", "sd15"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    rank, world, _ = batch.launch_env()
+    rank, world, local = batch.launch_env()
     dist = None
     if world > 1:
         import torch.distributed as dist
@@ -45,14 +48,19 @@ def main(argv=None) -> None:
     sync = dist.barrier if dist else (lambda: None)
     singles, twos = held_out_prompts()
     captions = singles + twos
-    pipe = load_pipeline()
+    if args.kind == "sd15":
+        from diffviz.testing import full_size_pipeline
+
+        pipe = full_size_pipeline("sd15").to(f"cuda:{local}", torch.float16)
+    else:
+        pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     pipe(captions[0], num_inference_steps=2)  # warm-up
 
     def loop(items):
         for it in items[rank::world]:
             pipe(it.prompt, num_inference_steps=it.steps, guidance_scale=it.guidance,
-                 generator=torch.Generator().manual_seed(it.seed))
+                 generator=torch.Generator(pipe.device).manual_seed(it.seed))
 
     def traced(items, folder):
         batch.run(items, folder, pipe, keep=args.keep, progress=False)
@@ -82,7 +90,8 @@ def main(argv=None) -> None:
         if rank == 0:
             n = args.prompts * args.rounds
             disk = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
-            print(f"classroom model, {args.steps} DDIM steps, guidance 7.5, {world} process(es) x 1 CPU thread, "
+            each = "1 GPU" if args.kind == "sd15" else "1 CPU thread"
+            print(f"{args.kind} model, {args.steps} DDIM steps, guidance 7.5, {world} process(es) ({each} each), "
                   f"keep={args.keep}, {n} items per mode")
             print(f"  untraced loop   {n / totals['loop']:6.2f} items/s")
             print(f"  diffviz batch   {n / totals['batch']:6.2f} items/s   ratio {totals['batch'] / totals['loop']:.3f}"

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import datetime as dt
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -80,7 +81,7 @@ def read_prompts(path: str | Path, *, seed: int = 0, steps: int = 25, guidance: 
     text = path.read_text(encoding="utf-8-sig")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if "prompt" not in (reader.fieldnames or []):
             raise BatchError(f"{path}: the CSV has no 'prompt' column (its header is {reader.fieldnames}); "
                              "name the column of prompts 'prompt'.")

@@ -91,9 +91,9 @@ def test_prompt_files_text_csv_and_jsonl(tmp_path):
     items = batch.read_prompts(tmp_path / "p.txt", seed=5, steps=7)
     assert [(i.id, i.prompt, i.seed, i.steps) for i in items] == [("000000", "a red circle", 5, 7),
                                                                    ("000001", "a blue square", 5, 7)]
-    (tmp_path / "p.csv").write_text("prompt,seed,guidance\na red circle,3,\na blue square,,2.5\n")
+    (tmp_path / "p.csv").write_text('prompt,seed,guidance\n"a red circle, small",3,\na blue square,,2.5\n')
     items = batch.read_prompts(tmp_path / "p.csv")
-    assert [(i.seed, i.guidance) for i in items] == [(3, 7.5), (0, 2.5)]
+    assert [(i.prompt, i.seed, i.guidance) for i in items] == [("a red circle, small", 3, 7.5), ("a blue square", 0, 2.5)]
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a cat", "negative_prompt": "a dog", "steps": 4}) + "\n")
     assert batch.read_prompts(tmp_path / "p.jsonl")[0].negative_prompt == "a dog"
     (tmp_path / "bad.csv").write_text("text\na red circle\n")
