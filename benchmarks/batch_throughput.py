@@ -8,7 +8,8 @@ Each round runs the untraced loop (``pipe(prompt, ...)`` per item, this process'
 and ``diffviz.batch.run`` (trace, summary or full trace, atomic file and index writes, the final merge)
 over a fresh slice of the held-out classroom prompts, alternating which goes first, so drift in the
 load of a shared machine hits both alike. Under several processes every phase starts and ends on a
-barrier, and rank 0 times the whole group. ``--kind sd15`` uses a random-weight pipeline with
+barrier, and rank 0 times the whole group; CPU time is summed over the processes (on a shared machine
+it is the steadier of the two). A warm-up runs one item each way first (imports, first allocation). ``--kind sd15`` uses a random-weight pipeline with
 Stable Diffusion 1.5's shapes (``diffviz.testing.full_size_pipeline``, 512 px, float16) on GPU LOCAL_RANK. Prints the items per second of each and their ratio
 (batch time / loop time; the issue's bar is 1.10) per round and over all rounds.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +57,6 @@ def main(argv=None) -> None:
     else:
         pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    pipe(captions[0], num_inference_steps=2)  # warm-up
 
     def loop(items):
         for it in items[rank::world]:
@@ -66,8 +67,13 @@ def main(argv=None) -> None:
         batch.run(items, folder, pipe, keep=args.keep, progress=False)
 
     totals = {"loop": 0.0, "batch": 0.0}
+    cpu = {"loop": 0.0, "batch": 0.0}
+    ratios = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         tmp = tmp if world == 1 else _shared_tmp(tmp, dist)
+        warm = [batch.Item(f"{i:06d}", captions[i], 99, args.steps, 7.5) for i in range(world)]
+        loop(warm)
+        traced(warm, Path(tmp) / "warm-up")
         for r in range(args.rounds):
             start = r * args.prompts
             items = [batch.Item(f"{i:06d}", captions[i % len(captions)], i // len(captions), args.steps, 7.5)
@@ -76,26 +82,32 @@ def main(argv=None) -> None:
             took = {}
             for mode in order:
                 sync()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if mode == "loop":
                     loop(items)
                 else:
                     traced(items, Path(tmp) / f"round{r}")
-                sync()
+                used = torch.tensor([time.process_time() - c0], dtype=torch.float64)
+                if dist:
+                    dist.all_reduce(used)  # also a barrier
                 took[mode] = time.perf_counter() - t0
                 totals[mode] += took[mode]
+                cpu[mode] += float(used)
+            ratios.append(took["batch"] / took["loop"])
             if rank == 0:
                 print(f"round {r}: loop {args.prompts / took['loop']:.2f} items/s, batch "
-                      f"{args.prompts / took['batch']:.2f} items/s, ratio {took['batch'] / took['loop']:.3f}")
+                      f"{args.prompts / took['batch']:.2f} items/s, ratio {ratios[-1]:.3f}")
         if rank == 0:
             n = args.prompts * args.rounds
             disk = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
             each = "1 GPU" if args.kind == "sd15" else "1 CPU thread"
             print(f"{args.kind} model, {args.steps} DDIM steps, guidance 7.5, {world} process(es) ({each} each), "
                   f"keep={args.keep}, {n} items per mode")
-            print(f"  untraced loop   {n / totals['loop']:6.2f} items/s")
-            print(f"  diffviz batch   {n / totals['batch']:6.2f} items/s   ratio {totals['batch'] / totals['loop']:.3f}"
-                  f"   ({disk / n / 1e3:.1f} kB per item on disk, index included)")
+            print(f"  untraced loop   {n / totals['loop']:6.2f} items/s   CPU {cpu['loop'] / n * 1000:6.0f} ms/item")
+            print(f"  diffviz batch   {n / totals['batch']:6.2f} items/s   CPU {cpu['batch'] / n * 1000:6.0f} ms/item   "
+                  f"({disk / (n + world) / 1e3:.1f} kB per item on disk, index included)")
+            print(f"  ratio batch/loop: wall {totals['batch'] / totals['loop']:.3f} (median of rounds "
+                  f"{statistics.median(ratios):.3f}), CPU time {cpu['batch'] / cpu['loop']:.3f}")
         sync()
     if dist:
         dist.destroy_process_group()

@@ -51,7 +51,9 @@ def report(folder: Path) -> dict:
     by_window = {"all": float(words["iou"].mean())} | {w: float(words[f"iou_{w}"].mean()) for w in windows}
     by_window_class = {w: {c: float(g[f"iou_{w}"].mean()) for c, g in words.groupby("word_class")} for w in windows}
     items = df.drop_duplicates("id")
-    rel = items.dropna(subset=["relation"]).groupby("relation")["relation_ok"].agg(["mean", "size"])
+    pairs = items.dropna(subset=["relation"])
+    rel = pairs.groupby("relation")["relation_ok"].agg(["mean", "size"])
+    drawn = pairs[pairs["objects_ok"].astype(bool)].groupby("relation")["relation_ok"].agg(["mean", "size"])
     disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     result = {
         "items_ok": len(ok), "items_error": int((index["status"] != "ok").sum()),
@@ -61,6 +63,8 @@ def report(folder: Path) -> dict:
         "miou_by_class": by_class, "miou_by_window": by_window, "miou_by_window_and_class": by_window_class,
         "windows": df.attrs["windows"],
         "relation_accuracy": {r: {"accuracy": float(v["mean"]), "n": int(v["size"])} for r, v in rel.iterrows()},
+        "relation_accuracy_both_drawn": {r: {"accuracy": float(v["mean"]), "n": int(v["size"])}
+                                         for r, v in drawn.iterrows()},
         "two_object_correct": float(items.dropna(subset=["relation"])["correct"].mean()),
         "single_object_correct": float(items[items["relation"].isna()]["correct"].mean()),
     }
@@ -76,6 +80,8 @@ def report(folder: Path) -> dict:
         print(f"  {w}: " + ", ".join(f"{c} {x:.3f}" for c, x in v.items()))
     print("relation accuracy (judge): " + ", ".join(
         f"{r} {v['accuracy']:.1%} (n={v['n']})" for r, v in result["relation_accuracy"].items()))
+    print("  where both objects were drawn: " + ", ".join(
+        f"{r} {v['accuracy']:.1%} (n={v['n']})" for r, v in result["relation_accuracy_both_drawn"].items()))
     print(f"fully correct: single objects {result['single_object_correct']:.1%}, "
           f"two objects {result['two_object_correct']:.1%}")
     return result

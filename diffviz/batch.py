@@ -2,7 +2,8 @@
 and sharded across the processes that ``torchrun`` or ``accelerate launch`` start.
 
     DIR/items/000042.dvs           one file per item: a summary (.dvs) or a full trace (.dvz)
-    DIR/index/part-r00001.parquet  the rows process 1 wrote (rewritten atomically after every item)
+    DIR/index/part-r00001-00003.parquet  rows process 1 wrote: up to CHUNK_ROWS a file, the open one
+                                   rewritten atomically after every item (so the cost per item stays flat)
     DIR/index.parquet              every row, merged at the end (by rank 0, once every process is done)
 
 An item is *done* when a row with its id, the same prompt and settings and status "ok" exists and its
@@ -35,6 +36,7 @@ KEEP = {"summary": SUMMARY_SUFFIX, "full": ".dvz"}
 INDEX = "index.parquet"
 PARTS = "index"
 ITEMS = "items"
+CHUNK_ROWS = 64  # rows per index part file
 BARRIER_TIMEOUT = dt.timedelta(days=3)  # ranks that finish first wait this long for the others at the end
 COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance", "words", "file", "bytes", "seconds",
            "status", "error", "rank", "finished")
@@ -195,8 +197,7 @@ def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: st
         shard = items[rank::world]
         done = _done(out, keep)
         todo = [it for it in shard if done.get(it.id) != it.settings()]
-        part = out / PARTS / f"part-r{rank:05d}.parquet"
-        rows = _read_rows(part)
+        chunk, rows = _next_chunk(out, rank), []
         if scheduler:
             from .pipelines import set_scheduler
 
@@ -213,8 +214,10 @@ def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: st
                 if row["status"] != "ok":
                     errors += 1
                     bar.write(f"diffviz batch: item {item.id} failed: {row['error']}", file=sys.stderr)
-                rows = [r for r in rows if r["id"] != item.id] + [row]
-                _write_rows(part, rows)
+                rows.append(row)
+                _write_rows(out / PARTS / f"part-r{rank:05d}-{chunk:05d}.parquet", rows)
+                if len(rows) == CHUNK_ROWS:
+                    chunk, rows = chunk + 1, []
                 bar.update(1)
                 bar.set_postfix(errors=errors, refresh=False)
         if group is not None:
@@ -277,10 +280,10 @@ def _schema():
     ])
 
 
-def _read_rows(part: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(part).to_pylist() if part.is_file() else []
+def _next_chunk(out: Path, rank: int) -> int:
+    """The number of this rank's first new part file: after every part an earlier run left."""
+    done = [int(p.stem.rsplit("-", 1)[1]) for p in (out / PARTS).glob(f"part-r{rank:05d}-*.parquet")]
+    return max(done, default=-1) + 1
 
 
 def _write_rows(part: Path, rows: list[dict]) -> None:

@@ -118,8 +118,9 @@ def test_launch_environment(monkeypatch):
 
 
 # ---- running a batch ----------------------------------------------------------------------------------
-def test_one_failing_item_is_recorded_and_the_others_go_on(classroom, tmp_path):
+def test_one_failing_item_is_recorded_and_the_others_go_on(classroom, tmp_path, monkeypatch):
     items = batch.read_prompts(_prompts(tmp_path, [PAIR, SINGLE, "a red circle"]), steps=3)
+    monkeypatch.setattr(batch, "CHUNK_ROWS", 2)  # index part files of two rows
 
     def out_of_memory(module, args):  # a real pipeline, failing on one prompt as a GPU out of memory would
         if classroom.tokenizer.decode(args[0][0]).count("green"):
@@ -131,6 +132,7 @@ def test_one_failing_item_is_recorded_and_the_others_go_on(classroom, tmp_path):
     finally:
         hook.remove()
     assert (result.ran, result.errors) == (3, 1)
+    assert _parts(tmp_path / "out") == {"part-r00000-00000.parquet": 2, "part-r00000-00001.parquet": 1}
     index = pd.read_parquet(tmp_path / "out" / "index.parquet")
     assert list(index["status"]) == ["ok", "error", "ok"]
     assert index.loc[1, "error"] == "OutOfMemoryError: CUDA out of memory (simulated)"
@@ -142,6 +144,7 @@ def test_one_failing_item_is_recorded_and_the_others_go_on(classroom, tmp_path):
     # a second run tries the failed item again and skips the rest
     again = batch.run(items, tmp_path / "out", classroom, progress=False)
     assert (again.ran, again.skipped, again.errors) == (1, 2, 0)
+    assert _parts(tmp_path / "out")["part-r00000-00002.parquet"] == 1  # a new part; the old ones kept
     assert list(pd.read_parquet(tmp_path / "out" / "index.parquet")["status"]) == ["ok"] * 3
 
 
@@ -187,7 +190,7 @@ def test_two_processes_under_torchrun_shard_and_merge(classroom, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0: 3 items run" in done.stderr and "rank 1: 2 items run" in done.stderr
     parts = sorted(p.name for p in (tmp_path / "out" / "index").iterdir())
-    assert parts == ["part-r00000.parquet", "part-r00001.parquet"]
+    assert parts == ["part-r00000-00000.parquet", "part-r00001-00000.parquet"]
     index = pd.read_parquet(tmp_path / "out" / "index.parquet")
     assert list(index["id"]) == [f"{i:06d}" for i in range(5)] and list(index["prompt"]) == prompts
     assert list(index["rank"]) == [0, 1, 0, 1, 0] and set(index["status"]) == {"ok"}
@@ -271,6 +274,10 @@ def test_cli_batch_and_study_report(studied, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"), "--windows", "0"])
     assert exit_.value.code == 2
+
+
+def _parts(out: Path) -> dict[str, int]:
+    return {p.name: len(pd.read_parquet(p)) for p in sorted((out / "index").iterdir())}
 
 
 def _prompts(folder: Path, prompts: list[str]) -> Path:
