@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="HTML report to write (default: the trace's name with .html)")
     rep.set_defaults(run=_report, parser=rep)
 
-    bat = sub.add_parser("batch", help="generate and trace many prompts into a folder (resumable, sharded)",
+    bat = sub.add_parser("batch", parents=[talk], help="generate and trace many prompts into a folder (resumable, sharded)",
                          description="Generate and trace every prompt of PROMPTS into DIR: a file per item and a "
                          "Parquet index. A second run skips the items that are done. Under `torchrun "
                          "--nproc_per_node K -m diffviz batch ...` or `accelerate launch -m diffviz batch ...` "
@@ -96,14 +96,15 @@ def _parser() -> argparse.ArgumentParser:
                      "full: the whole trace (default: summary)")
     bat.add_argument("--windows", type=int, default=3, help="step windows a summary keeps (default: 3)")
     bat.add_argument("--steps", type=int, default=25, help="denoising steps, where a row gives none (default: 25)")
-    bat.add_argument("--seed", type=int, default=0, help="random seed, where a row gives none (default: 0)")
+    bat.add_argument("--seed", type=int, default=0, help="random seed, where a row gives none (default: 0); "
+                     "seeded on the CPU, as explain does")
     bat.add_argument("--guidance", type=float, default=7.5,
                      help="classifier-free guidance scale, where a row gives none (default: 7.5)")
     bat.add_argument("--negative-prompt", help="negative prompt, where a row gives none")
     bat.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model's own)")
     bat.set_defaults(run=_batch, parser=bat)
 
-    stu = sub.add_parser("study", help="write an HTML report of a batch folder's study",
+    stu = sub.add_parser("study", parents=[talk], help="write an HTML report of a batch folder's study",
                          description="Read every item of a `diffviz batch` folder (diffviz.study) and write a "
                          "self-contained HTML report of the distributions.")
     stu.add_argument("dir", type=Path, help="a folder written by `diffviz batch`")
@@ -197,20 +198,22 @@ def _batch(args: argparse.Namespace) -> int:
 
     from diffviz import batch
 
+    say = _say(args)
     try:
         batch.require_extra()
         items = batch.read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                    negative_prompt=args.negative_prompt)
         rank, _, local_rank = batch.launch_env()
+        _library_messages(args.verbose)
         pipe = _load(args.model, device=f"cuda:{local_rank}" if torch.cuda.is_available() else None,
-                     quiet=rank > 0)
+                     quiet=args.quiet or rank > 0)
         pipe.set_progress_bar_config(disable=True)
         result = batch.run(items, args.out, pipe, keep=args.keep, windows=args.windows,
-                           scheduler=args.scheduler)
+                           scheduler=args.scheduler, progress=not args.quiet)
     except (batch.BatchError, FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
-    print(f"rank {rank}: {result.ran} items run, {result.skipped} already done, {result.errors} failed"
-          + (" (their index rows say why)" if result.errors else ""), file=sys.stderr)
+    say(f"rank {rank}: {result.ran} items run, {result.skipped} already done, {result.errors} failed"
+        + (" (their index rows say why)" if result.errors else ""))
     if result.index is not None:
         print(f"index: {result.index.resolve()}")
     return 0
@@ -224,12 +227,12 @@ def _study(args: argparse.Namespace) -> int:
         from diffviz.studies import study
         from diffviz.viz.study import study_report
 
-        df = study(args.dir, progress=True)
+        df = study(args.dir, progress=not args.quiet)
     except (FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
     out = study_report(df, args.out)
-    print(f"study: {len(df)} (item, word) rows from {df['id'].nunique() if len(df) else 0} items\n"
-          f"report: {out.resolve()}")
+    _say(args)(f"study: {len(df)} (item, word) rows from {df['id'].nunique() if len(df) else 0} items")
+    print(f"report: {out.resolve()}")
     return 0
 
 

@@ -269,6 +269,13 @@ def test_cli_batch_and_study_report(studied, tmp_path, capsys):
     page = (tmp_path / "s.html").read_text(encoding="utf-8")
     assert "plotly.js v" in page and page.count('class="plotly-graph-div"') == 5
     assert "Does each word look at its object?" in page and "Relations" in page
+    capsys.readouterr()
+    prompts = _prompts(tmp_path, ["a red circle"])
+    assert main(["batch", str(prompts), "--out", str(tmp_path / "o"), "--steps", "2", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"index: {(tmp_path / 'o' / 'index.parquet').resolve()}\n" and err == ""
+    assert main(["batch", str(prompts), "--out", str(tmp_path / "o"), "--steps", "2"]) == 0
+    assert "rank 0: 0 items run, 1 already done, 0 failed" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")]) == 1
     assert "no prompt file at" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
