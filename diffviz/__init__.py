@@ -6,14 +6,14 @@ import types
 __version__ = "0.1.0"
 
 __all__ = [
-    "trace", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
+    "trace", "Capture", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
     "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution", "Agreement",
     "edit", "classroom", "batch", "study", "summarize", "load_summary", "__version__",
 ]
 # attribute -> module, imported on first use: `import diffviz` costs nothing, reading a trace imports
 # torch but not diffusers (only capture and loading do), figures plotly, attribution captum.
 _LAZY = {
-    "trace": ".capture", "estimate_bytes": ".capture", "CaptureError": ".capture",
+    "trace": ".capture", "Capture": ".capture", "estimate_bytes": ".capture", "CaptureError": ".capture",
     "Trace": ".trace", "Token": ".trace", "Layer": ".trace", "load_trace": ".io", "TraceFileError": ".io",
     "load_pipeline": ".pipelines", "explore": ".viz", "report": ".viz",
     "attribute": ".attribution", "agreement": ".attribution", "Attribution": ".attribution",

@@ -29,12 +29,14 @@ import torch
 from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
 
 from . import heatmap
-from .pipelines import check_pipeline
+from .capture.families import family_of
 from .regions import Region, pool, region_attention, region_mask  # re-exported: attribution's vocabulary
 from .trace import Token, Trace
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 TARGETS = ("x0", "noise")
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two 1-D tensors (ties get their mean rank); nan if either is constant."""
     def ranks(x: torch.Tensor) -> torch.Tensor:
@@ -103,99 +105,6 @@ def _float32(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
         dlogging.set_verbosity(verbosity)
 
 
-class _StepModel:
-    """The pipeline's U-Net call at one traced step, as functions of the prompt (float32).
-
-    ``ids``: [n, 77] token ids -> prompt embeddings; ``prediction(embeds)``: [n, C, h, w] guided x0 or
-    noise, exactly what the sampler saw at that step (checked against the trace in the tests).
-    """
-
-    def __init__(self, pipe, trace: Trace, step: int, target: str):
-        self.pipe, self.trace, self.step, self.target = pipe, trace, step, target
-        self.device = pipe.unet.device
-        self.xl = getattr(pipe, "text_encoder_2", None) is not None
-        self.encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
-                         if e is not None]
-        self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if self.xl else [pipe.tokenizer]
-        self.ids = [self._tokenize(t, trace.prompt) for t in self.tokenizers]
-        self.cfg = trace.noise_uncond is not None
-        self.latent = trace.latents[step].to(self.device, torch.float32)[None]
-        self.t = trace.timesteps[step].to(self.device)
-        ab = trace.alpha_bar[step].double()
-        sigma_space = float(getattr(pipe.scheduler, "init_noise_sigma", 1.0)) > 1.0  # Euler-type samplers
-        self.in_scale = float((ab.sqrt()) if sigma_space else 1.0)  # = 1 / sqrt(sigma^2 + 1) there
-        self.sqrt_ab, self.sqrt_1mab = float(ab.sqrt()), float((1 - ab).sqrt())
-        self.kind = pipe.scheduler.config.get("prediction_type", "epsilon")
-        if self.xl:
-            h, w = trace.height, trace.width
-            self.time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=self.device)
-        self.uncond = None
-
-    def _tokenize(self, tokenizer, text: str) -> torch.Tensor:
-        return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(self.device)
-
-    def baseline_ids(self, positions: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """Prompt ids with the word tokens (or only ``positions``) replaced by the padding token."""
-        pos = [t.position for t in self.trace.tokens if t.word is not None] if positions is None else positions
-        out = []
-        for tok, ids in zip(self.tokenizers, self.ids):
-            ids = ids.clone()
-            ids[:, list(pos)] = tok.pad_token_id
-            out.append(ids)
-        return out
-
-    def encode(self, *ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids (one tensor per text encoder) -> (embeds [n, 77, D], pooled [n, P] or None)."""
-        if not self.xl:
-            mask = None
-            if getattr(self.encoders[0].config, "use_attention_mask", False):
-                mask = (ids[0] != self.tokenizers[0].pad_token_id).long()
-            return self.encoders[0](ids[0], attention_mask=mask)[0], None
-        states, pooled = [], None
-        for enc, i in zip(self.encoders, ids):
-            out = enc(i, output_hidden_states=True)
-            states.append(out.hidden_states[-2])
-            if out[0].ndim == 2:
-                pooled = out[0]
-        return torch.cat(states, -1), pooled
-
-    def prepare(self) -> None:
-        """Encode the negative prompt once, outside captum's hooks (it does not depend on the prompt)."""
-        with torch.no_grad():
-            neg = self.trace.negative_prompt
-            if self.xl and not neg and self.pipe.config.get("force_zeros_for_empty_prompt", True):
-                e, p = self.encode(*self.ids)
-                self.uncond = (torch.zeros_like(e), torch.zeros_like(p))
-            else:
-                self.uncond = self.encode(*[self._tokenize(t, neg or "") for t in self.tokenizers])
-
-    def prediction(self, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """[n, C, h, w] float32 guided prediction (x0 or noise) for prompt embeddings [n, 77, D]."""
-        n = embeds.shape[0]
-        x = (self.latent * self.in_scale).expand(n, -1, -1, -1)
-        kw = {}
-        if self.cfg:
-            ue, up = self.uncond
-            embeds = torch.cat([ue.expand(n, -1, -1), embeds])
-            pooled = None if pooled is None else torch.cat([up.expand(n, -1), pooled])
-            x = torch.cat([x, x])
-        if self.xl:
-            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.expand(x.shape[0], -1)}
-        out = self.pipe.unet(x, self.t, encoder_hidden_states=embeds, **kw, return_dict=False)[0].float()
-        if self.cfg:
-            u, c = out.chunk(2)
-            out = u + self.trace.guidance_scale * (c - u)
-        if self.target == "noise":
-            return out
-        x = x[:n]
-        if self.kind == "v_prediction":
-            return self.sqrt_ab * x - self.sqrt_1mab * out
-        if self.kind == "sample":
-            return out
-        return (x - self.sqrt_1mab * out) / self.sqrt_ab
-
-
 # ---- attribution ---------------------------------------------------------------------------------
 def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: str = "integrated_gradients",
               target: str = "x0", word: str | int | None = None, n_steps: int = 32,
@@ -213,17 +122,17 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
         raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}.")
-    check_pipeline(pipe)
+    family = family_of(pipe)
     if trace.num_steps == 0:
         raise ValueError("this trace is empty: run the pipeline inside `with diffviz.trace(pipe) as trace:` first.")
     step = trace.step_indices(step)[0]
     word_idx = trace.word_indices(word)[0] if word is not None else None
     mask = region_mask(region, trace.height, trace.width)
-    model = _StepModel(pipe, trace, step, target)
+    model = family.step_model(trace, step, target)
     weights = pool(mask, tuple(model.latent.shape[-2:])).to(model.device)
     weights = weights / weights.sum()
 
-    with _float32([pipe.unet, *model.encoders]):
+    with _float32([model.denoiser, *model.encoders]):
         model.prepare()
         with torch.no_grad():
             e_in, p_in = model.encode(*model.ids)

@@ -6,26 +6,27 @@ image and the trace of the *edited* generation (its attention maps show the edit
 left as it was, also when the run raises.
 
 Only the conditional half of classifier-free guidance is edited (the unconditional prompt has no
-such word). Edits reach every cross-attention layer: the ``attn2`` layers the trace records and, in
-models built with ``only_cross_attention`` (the classroom model), the ``attn1`` layers that read the
-prompt too; otherwise a suppressed word would still leak in through them. ``layers`` selects by name
-prefix ("up_blocks.1"), block ("down", "mid", "up") or resolution ("8x8").
+such word). Edits reach the layers the trace records: every attention layer that reads the prompt
+(the model family says which: ``attn2`` and, in models built with ``only_cross_attention`` like the
+classroom model, ``attn1`` too; otherwise a suppressed word would still leak in through them).
+``layers`` picks among them with the layer selector of ``Trace.heatmap``: module path or a part of one
+at a dot ("up_blocks.1", "attn1"), block ("down", "mid", "up") or resolution ("8x8"). A layer whose
+processor is not plain attention (IP-Adapter, a custom one) is refused rather than silently replaced.
+The edits run on the device without reading values back to the host during the generation.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from .capture.families import family_of
+from .capture.install import recording
+from .capture.recorder import Recorder
 from .regions import Region, pool, region_mask
-from .capture import processors, prompt_attn1_layers
-from .capture import trace as trace_ctx
-from .capture.recorder import attn2_layers
-from .pipelines import check_pipeline
-from .trace import Layers, Steps, Trace
+from .trace import Layer, Layers, Steps, Trace, find_word, select_layers
 
 Words = str | int | Sequence[str | int]
 # (probs [batch, head, query, token] of the conditional half, layer, step, positions) -> new probs
@@ -49,104 +50,78 @@ class _Run:
     pipe: object
     words: list[str | int]
     steps: Steps
-    layers: Layers
-    latent: tuple[int, int]  # (h, w) of the latents
-    trace: Trace | None = None
-    step: int = -1  # the U-Net call in progress (one per denoising step)
+    sizes: dict[str, tuple[int, int]]  # every prompt-reading layer -> its query grid (h, w)
+    selected: set[str]  # the layers the edit changes
+    recorder: Recorder | None = None
+    step: int = -1  # the denoiser call in progress (one per denoising step)
     positions: list[int] | None = None
     selected_steps: set[int] | None = None
-    first_input: torch.Tensor | None = None  # the U-Net's input at step 0
-    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # query count -> (h, w)
-
-
-def _layer_selected(name: str, size: tuple[int, int], layers: Layers) -> bool:
-    if layers is None:
-        return True
-    wanted = [layers] if isinstance(layers, str) else list(layers)
-    return any(name == w or name.startswith(w) or w == f"{size[0]}x{size[1]}" for w in wanted)
 
 
 def _resolve(run: _Run) -> None:
-    """At the first layer call: the word's token positions (the recorder has named the tokens by
-    then) and the selected steps. Unknown words raise KeyError listing the prompt's words."""
-    tr = run.trace
-    run.positions = [tr.tokens[i].position for i in tr.token_indices(list(run.words))]
+    """At the first layer call: the word's token positions (the recorder has read the prompt by then)
+    and the selected steps. Unknown words raise KeyError listing the prompt's words."""
+    prompt = run.recorder.images[0].prompt
+    picked = {i for w in run.words for i in find_word(prompt.words, prompt.prompt, w)}
+    run.positions = [t.position for t in prompt.tokens if t.word in picked]
     n = len(run.pipe.scheduler.timesteps)
     if run.steps is None:
         run.selected_steps = set(range(n))
     elif isinstance(run.steps, slice):
         run.selected_steps = set(range(n)[run.steps])
     else:
-        picked = [run.steps] if isinstance(run.steps, int) else list(run.steps)
-        bad = [s for s in picked if not -n <= s < n]
+        picked_steps = [run.steps] if isinstance(run.steps, int) else list(run.steps)
+        bad = [s for s in picked_steps if not -n <= s < n]
         if bad:
             raise IndexError(f"steps {bad} are out of range: this generation has {n} steps (0..{n - 1}).")
-        run.selected_steps = {s % n for s in picked}
-
-
-def _grid(run: _Run, queries: int) -> tuple[int, int]:
-    """(h, w) of a layer's query grid: the latent size halved until it has ``queries`` cells."""
-    if queries not in run.sizes:
-        h, w = run.latent
-        while h * w > queries:
-            h, w = -(-h // 2), -(-w // 2)
-        if h * w != queries:
-            raise ValueError(f"cannot place {queries} attention queries on a grid below latents {run.latent}.")
-        run.sizes[queries] = (h, w)
-    return run.sizes[queries]
+        run.selected_steps = {s % n for s in picked_steps}
 
 
 def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch.Tensor]:
     def edit(layer: str, probs: torch.Tensor) -> torch.Tensor:
         if run.positions is None:
             _resolve(run)
-        size = _grid(run, probs.shape[2])
-        if run.step not in run.selected_steps or not _layer_selected(layer, size, run.layers):
+        if run.step not in run.selected_steps or layer not in run.selected:
             return probs
         half = probs.shape[0] // 2 if getattr(run.pipe, "do_classifier_free_guidance", False) else 0
         out = probs.clone()
-        out[half:] = change(probs[half:], _Call(layer, run.step, size, run.positions))
+        out[half:] = change(probs[half:], _Call(layer, run.step, run.sizes[layer], run.positions))
         return out
 
     return edit
 
 
+def _layers(pipe, call_kwargs: dict) -> tuple[list[Layer], tuple[int, int]]:
+    """The prompt-reading layers at the size of this call, and that size (H, W) in pixels."""
+    family = family_of(pipe)
+    h, w = family.default_size()
+    size = (call_kwargs.get("height") or h, call_kwargs.get("width") or w)
+    return family.layers((size[0] // family.vae_scale, size[1] // family.vae_scale)), size
+
+
 def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, layers: Layers, seed: int,
               check_first: Callable[[torch.Tensor], None] | None = None, **call_kwargs):
     """Run ``pipe(prompt)`` once with ``change`` applied to ``words``' attention; -> (image, trace)."""
-    unet = check_pipeline(pipe)
-    if layers is not None:
-        _check_layers(pipe, layers)
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    height = call_kwargs.get("height") or unet.config.sample_size * scale
-    width = call_kwargs.get("width") or unet.config.sample_size * scale
-    run = _Run(pipe, [words] if isinstance(words, (str, int)) else list(words), steps, layers,
-               (height // scale, width // scale))
+    family = family_of(pipe)
+    found, _ = _layers(pipe, call_kwargs)
+    selected = select_layers(found, layers, what="prompt-reading layer")
+    run = _Run(pipe, [words] if isinstance(words, (str, int)) else list(words), steps,
+               {l.name: l.size for l in found}, set(selected))
 
     def count(module, args, kwargs) -> None:
         run.step += 1
         if run.step == 0 and check_first is not None:
-            check_first(args[0] if args else kwargs["sample"])
+            check_first(family.denoiser_io(args, kwargs)[0])
 
-    edit = _make_edit(run, change)
-    handle = unet.register_forward_pre_hook(count, with_kwargs=True)
+    handle = family.denoiser.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        with trace_ctx(pipe, edit=edit) as tr, processors(pipe, prompt_attn1_layers(unet), edit=edit):
-            run.trace = tr
+        with recording(pipe, edit=_make_edit(run, change), edit_layers=selected) as rec:
+            run.recorder = rec
             generator = torch.Generator().manual_seed(seed)
             image = pipe(prompt, generator=generator, **call_kwargs).images[0]
     finally:
         handle.remove()
-    return image, tr
-
-
-def _check_layers(pipe, layers: Layers) -> None:
-    names = list(attn2_layers(pipe.unet))
-    wanted = [layers] if isinstance(layers, str) else list(layers)
-    for w in wanted:
-        if not any(n == w or n.startswith(w) for n in names) and not re.fullmatch(r"\d+x\d+", w):
-            raise ValueError(f"layers={w!r} matches no cross-attention layer; names start with "
-                             f"{sorted({n.split('.attentions')[0] for n in names})}, or give a resolution like '8x8'.")
+    return image, rec.capture.trace
 
 
 def _set_column(probs: torch.Tensor, positions: list[int], new: torch.Tensor) -> torch.Tensor:
@@ -155,8 +130,7 @@ def _set_column(probs: torch.Tensor, positions: list[int], new: torch.Tensor) ->
     out = probs.clone()
     old = probs[..., positions]
     new = new.clamp(0, 1)
-    if new.sum(-1).max() > 1:  # never more than a whole row
-        new = new / new.sum(-1, keepdim=True).clamp_min(1.0)
+    new = new / new.sum(-1, keepdim=True).clamp_min(1.0)  # never more than a whole row (no host sync to check)
     rest = (1 - new.sum(-1, keepdim=True)) / (1 - old.sum(-1, keepdim=True)).clamp_min(1e-6)
     out = out * rest
     out[..., positions] = new
@@ -200,24 +174,25 @@ def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: st
     if call_kwargs["num_inference_steps"] != source.num_steps or not source.options.get("complete", True):
         raise ValueError(f"the source trace has {source.num_steps} steps, this generation "
                          f"{call_kwargs['num_inference_steps']}; inject needs the same number of steps.")
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    size = pipe.unet.config.sample_size * scale
-    h, w = call_kwargs.get("height") or size, call_kwargs.get("width") or size
+    found, (h, w) = _layers(pipe, call_kwargs)
     if (h, w) != (source.height, source.width):
         raise ValueError(f"the source trace is {source.width}x{source.height} px, this generation {w}x{h}; "
                          "pass height=/width= to match.")
     if source.model.get("pipeline") != type(pipe).__name__:
         raise ValueError(f"the source trace was made by a {source.model.get('pipeline')}, not this "
                          f"{type(pipe).__name__}.")
-    missing = [l.name for l in source.layers if l.name not in attn2_layers(pipe.unet)]
+    names = {l.name for l in found}
+    missing = [l.name for l in source.layers if l.name not in names]
     if missing:
         raise ValueError(f"the source trace has layers this pipeline lacks ({missing[:2]}...): another model.")
-    src_maps = {name: m[:, :, src_idx].float() for name, m in source.attn.items()}  # [step, head, token, h, w]
+    device = family_of(pipe).denoiser.device  # moved once, not once per layer and step
+    src_maps = {name: m[:, :, src_idx].to(device, torch.float32) for name, m in source.attn.items()}
+    # [step, head, token, h, w]
 
     def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
         if c.layer not in src_maps:
             return p
-        m = src_maps[c.layer][c.step].to(p.device)  # [head, token, h, w]
+        m = src_maps[c.layer][c.step]  # [head, token, h, w]
         if len(src_idx) != len(c.positions):  # different token counts: one map for the whole word
             m = m.sum(1, keepdim=True).expand(-1, len(c.positions), -1, -1) / len(c.positions)
         new = m.flatten(-2).transpose(-1, -2)  # [head, query, token]
@@ -247,16 +222,14 @@ def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9,
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength is the share of attention moved into the box, 0..1, not {strength}.")
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    size = pipe.unet.config.sample_size * scale
-    mask = region_mask(box, call_kwargs.get("height") or size, call_kwargs.get("width") or size)
+    mask = region_mask(box, *_layers(pipe, call_kwargs)[1])
     pooled: dict[tuple[int, int], torch.Tensor] = {}
 
     def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
         if c.size not in pooled:
             b = pool(mask, c.size).flatten()
-            pooled[c.size] = b / b.sum()
-        b = pooled[c.size].to(p.device)[:, None]  # [query, 1]
+            pooled[c.size] = (b / b.sum()).to(p.device)
+        b = pooled[c.size][:, None]  # [query, 1]
         old = p[..., c.positions]  # [batch, head, query, token]
         target = old.sum(-2, keepdim=True) * b  # the same mass per token, spread over the box
         return _set_column(p, c.positions, (1 - strength) * old + strength * target)

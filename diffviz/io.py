@@ -58,8 +58,8 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "diffviz_version": __version__,
         "prompt": trace.prompt, "negative_prompt": trace.negative_prompt, "words": trace.words,
-        "tokens": [[t.position, t.text, t.word] for t in trace.tokens],
-        "layers": [[l.name, list(l.size), l.heads] for l in trace.layers],
+        "tokens": [[t.position, t.text, t.word] + ([t.encoder] if t.encoder else []) for t in trace.tokens],
+        "layers": [[l.name, list(l.size), l.heads, l.label, l.block] for l in trace.layers],
         "height": trace.height, "width": trace.width, "guidance_scale": trace.guidance_scale,
         "model": trace.model, "scheduler": trace.scheduler, "options": trace.options,
     }
@@ -101,8 +101,8 @@ def load_trace(path: str | Path) -> Trace:
     try:
         return Trace(
             prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
-            tokens=[Token(p, t, w) for p, t, w in meta["tokens"]],
-            layers=[Layer(n, tuple(s), h) for n, s, h in meta["layers"]],
+            tokens=[Token(*t) for t in meta["tokens"]],
+            layers=[Layer(n, tuple(s), h, *rest) for n, s, h, *rest in meta["layers"]],
             height=meta["height"], width=meta["width"], guidance_scale=meta["guidance_scale"],
             timesteps=tensors["timesteps"], alpha_bar=tensors["alpha_bar"], sigma=tensors["sigma"],
             latents=tensors["latents"], x0=tensors["x0"], noise_cond=tensors["noise_cond"],

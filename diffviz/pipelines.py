@@ -1,4 +1,5 @@
-"""Which pipelines diffviz can trace, and loading a real checkpoint from a local folder."""
+"""Loading a real checkpoint from a local folder, and the samplers diffviz offers (which pipelines it can
+trace is the model family adapters' business: ``diffviz.capture.families``)."""
 
 from __future__ import annotations
 
@@ -12,25 +13,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch loads with the first pipeline, so that `diffviz --help` starts at once
     import torch
-
-SUPPORTED = (
-    "StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, "
-    "StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline "
-    "(any diffusers pipeline with a UNet2DConditionModel and a CLIP text encoder)"
-)
-
-
-def check_pipeline(pipe) -> torch.nn.Module:
-    """Return ``pipe.unet`` if diffviz can trace ``pipe``; otherwise a TypeError naming what is supported."""
-    unet = getattr(pipe, "unet", None)
-    if unet is None or not hasattr(unet, "attn_processors"):
-        raise TypeError(f"diffviz traces pipelines with a UNet (pipe.unet); {type(pipe).__name__} has none. "
-                        f"Supported: {SUPPORTED}.")
-    if getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is None:
-        raise TypeError(f"{type(pipe).__name__} has no text encoder, so there are no words to trace. "
-                        f"Supported: {SUPPORTED}.")
-    return unet
-
 
 MODEL_ENV = "DIFFVIZ_MODEL"
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler"}
@@ -74,7 +56,9 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device | N
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
-    check_pipeline(pipe)
+    from .capture.families import family_of
+
+    family_of(pipe)  # a TypeError naming what diffviz traces
     return pipe.to(device)
 
 

@@ -23,22 +23,65 @@ Layers = str | Sequence[str] | None
 class Token:
     """One tokenizer unit. ``position`` indexes the text encoder's context (0 is the start token)."""
 
-    position: int
+    position: int  # index into the text keys the attention reads (SD: the 77 CLIP positions)
     text: str  # as the tokenizer spells it, e.g. "circle</w>"
     word: int | None  # index into Trace.words; None for start, end and padding tokens
+    encoder: str | None = None  # which text encoder made it ("clip", "t5"), when a model has several
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One cross-attention (``attn2``) module of the U-Net."""
+    """One attention module of the denoiser that reads the prompt, described for selection and display
+    (the model family's adapter makes these; nothing else parses module paths)."""
 
     name: str  # module path, e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
-    size: tuple[int, int]  # (h, w) of its attention maps, in latent cells
+    size: tuple[int, int]  # (h, w) of its attention maps (its query grid), in latent cells
     heads: int  # attention heads of the module (the stored head axis may be 1: the mean)
+    label: str = ""  # short display name, e.g. "up 1.0.0"; the name when empty
+    block: str = ""  # the group it belongs to, e.g. "down", "mid", "up" (U-Net), "joint", "single" (Flux)
 
     @property
     def resolution(self) -> str:
         return f"{self.size[0]}x{self.size[1]}"
+
+    @property
+    def title(self) -> str:
+        """What views call the layer: its label, or its name."""
+        return self.label or self.name
+
+
+def select_layers(layers: Sequence[Layer], wanted: Layers = None, *, what: str = "captured layer") -> list[str]:
+    """Names of ``layers`` (in their order) picked by ``wanted``: None for all, or one or several of an
+    exact name, a dotted prefix or suffix at a dot ("up_blocks.1" is not "up_blocks.10"; "attn1"), a block
+    ("down", "mid", "up"; "joint", "single") or a resolution ("16x16"). The one layer selector of diffviz."""
+    if wanted is None:
+        return [l.name for l in layers]
+    picked: set[str] = set()
+    for w in [wanted] if isinstance(wanted, str) else list(wanted):
+        hits = {l.name for l in layers
+                if w in (l.name, l.block, l.resolution) or l.name.startswith(f"{w}.") or l.name.endswith(f".{w}")}
+        if not hits:
+            blocks = list(dict.fromkeys(l.block for l in layers if l.block))
+            sizes = sorted({l.resolution for l in layers}, key=lambda r: -int(r.split("x")[0]))
+            raise ValueError(
+                f"no {what} matches {w!r}. Give a block {blocks}, a resolution {sizes}, or a module path or "
+                f"part of one at a dot, e.g. {layers[0].name!r}." if layers else f"there is no {what} to select."
+            )
+        picked |= hits
+    return [l.name for l in layers if l.name in picked]
+
+
+def find_word(words: Sequence[str], prompt: str, word: str | int) -> list[int]:
+    """Indices into ``words`` (the words of ``prompt``) for a word (every occurrence, case-insensitive) or
+    a word index; KeyError / IndexError naming the prompt's words."""
+    if isinstance(word, int):
+        if not 0 <= word < len(words):
+            raise IndexError(f"word index {word} is out of range: the prompt has {len(words)} words {list(words)}.")
+        return [word]
+    hits = [i for i, w in enumerate(words) if w.lower() == str(word).lower().strip()]
+    if not hits:
+        raise KeyError(f"{word!r} is not a word of the prompt {prompt!r}; its words are {list(words)}.")
+    return hits
 
 
 @dataclass
@@ -91,7 +134,7 @@ class Trace:
         kept = "all heads" if self.options.get("heads") else "head mean"
         return (
             f"Trace({self.prompt!r}, {self.num_steps} steps, {self.height}x{self.width} px, "
-            f"{len(self.layers)} attn2 layers ({', '.join(sorted({l.resolution for l in self.layers}))}), "
+            f"{len(self.layers)} layers ({', '.join(sorted({l.resolution for l in self.layers}))}), "
             f"{len(self.tokens)} tokens, {kept}, guidance {self.guidance_scale:g})"
         )
 
@@ -110,35 +153,12 @@ class Trace:
         return [int(s) % n for s in picked]
 
     def layer_names(self, layers: Layers = None) -> list[str]:
-        """Layers by exact name, name prefix ("up_blocks.1"), block ("down", "mid", "up") or
-        resolution ("16x16"). None selects every captured layer."""
-        if layers is None:
-            return [l.name for l in self.layers]
-        wanted = [layers] if isinstance(layers, str) else list(layers)
-        out: list[str] = []
-        for w in wanted:
-            hits = [l.name for l in self.layers
-                    if l.name == w or l.name.startswith(w) or l.resolution == w
-                    or (w in ("down", "mid", "up") and l.name.startswith(w))]
-            if not hits:
-                raise ValueError(
-                    f"no captured layer matches {w!r}. Captured resolutions: "
-                    f"{sorted({l.resolution for l in self.layers})}; layers: {[l.name for l in self.layers]}"
-                )
-            out += [h for h in hits if h not in out]
-        return out
+        """Captured layers picked by ``layers`` (see ``select_layers``), in run order; None: all."""
+        return select_layers(self.layers, layers)
 
     def word_indices(self, word: str | int) -> list[int]:
         """Indices into ``words`` for a word (every occurrence, case-insensitive) or a word index."""
-        if isinstance(word, int):
-            if not 0 <= word < len(self.words):
-                raise IndexError(f"word index {word} is out of range: the prompt has {len(self.words)} "
-                                 f"words {self.words}.")
-            return [word]
-        hits = [i for i, w in enumerate(self.words) if w.lower() == str(word).lower().strip()]
-        if not hits:
-            raise KeyError(f"{word!r} is not a word of the prompt {self.prompt!r}; its words are {self.words}.")
-        return hits
+        return find_word(self.words, self.prompt, word)
 
     def token_indices(self, words: str | int | Sequence[str | int] | None = None,
                       tokens: int | Sequence[int] | None = None) -> list[int]:

@@ -47,6 +47,6 @@ def sd_pipe_any_scheduler(request):
 @pytest.fixture(scope="session")
 def traced(sd_pipe):
     """(image, trace) of PROMPT on the tiny SD pipeline, 4 DDIM steps, guidance 7.5."""
-    with diffviz.trace(sd_pipe) as tr:
+    with diffviz.trace(sd_pipe) as run:
         image = generate(sd_pipe)
-    return image, tr
+    return image, run.trace

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import diffviz
-from diffviz.attribution import _StepModel, agreement, attribute, region_attention, region_mask, spearman
+from diffviz.attribution import agreement, attribute, region_attention, region_mask, spearman
+from diffviz.capture import family_of
 from diffviz.testing import tiny_pipeline
 
 from .conftest import PROMPT, generate
@@ -26,7 +27,7 @@ def test_rebuilt_step_is_the_traced_one(kind, sd_pipe, sdxl_pipe, traced, traced
     """The forward function captum differentiates gives exactly the x0 and guided noise of the trace."""
     pipe, tr = (sd_pipe, traced[1]) if kind == "sd" else (sdxl_pipe, traced_xl)  # DDIM / Euler
     for target, want in (("x0", tr.x0[2]), ("noise", tr.noise_guided[2])):
-        model = _StepModel(pipe, tr, 2, target)
+        model = family_of(pipe).step_model(tr, 2, target)
         model.prepare()
         with torch.no_grad():
             pred = model.prediction(*model.encode(*model.ids))[0]
@@ -50,7 +51,7 @@ def test_input_x_gradient_is_a_directional_derivative(sd_pipe, traced):
     """sum(embeds * grad F) = d/dh F((1 + h) * embeds) at h = 0, checked by a finite difference."""
     tr = traced[1]
     a = attribute(sd_pipe, tr, 2, method="input_x_gradient", target="noise")
-    model = _StepModel(sd_pipe, tr, 2, "noise")
+    model = family_of(sd_pipe).step_model(tr, 2, "noise")
     model.prepare()
     with torch.no_grad():
         e, _ = model.encode(*model.ids)

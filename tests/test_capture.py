@@ -73,7 +73,9 @@ def test_attention_rows_sum_to_one_over_the_whole_context(sd_pipe):
 def test_layers_are_named_by_path_and_resolution(traced, sd_pipe):
     _, tr = traced
     attn2 = [k.removesuffix(".processor") for k in sd_pipe.unet.attn_processors if "attn2" in k]
-    assert [l.name for l in tr.layers] == attn2
+    assert sorted(l.name for l in tr.layers) == sorted(attn2)
+    assert [l.block for l in tr.layers] == ["down", "down", "mid", "up", "up", "up", "up"]  # run order
+    assert tr.layers[-1].label == "second up block (2 of 2)" and tr.layers[2].label == "middle block"
     sizes = {l.name.split(".")[0] + "." + l.name.split(".")[1]: l.size for l in tr.layers}
     assert sizes["down_blocks.0"] == (32, 32) and sizes["down_blocks.1"] == (16, 16)
     assert sizes["up_blocks.0"] == (16, 16) and sizes["up_blocks.1"] == (32, 32)
@@ -163,15 +165,32 @@ def test_users_callback_still_runs_and_sees_every_step(sd_pipe):
     assert seen == [0, 1, 2, 3] and tr.num_steps == 4
 
 
-def test_batches_are_refused_clearly(sd_pipe):
+def test_several_images_per_call_give_one_trace_each(sd_pipe):
+    """Two prompts x two images: four traces, each with its prompt, its image and its own maps: image i of
+    the batch has the maps a call for it alone has (same noise through a per-image generator)."""
+    prompts = [PROMPT, "a blue square above a green circle"]
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    kw = dict(num_inference_steps=3, height=64, width=64, num_images_per_prompt=2)
+    plain = sd_pipe(prompts, generator=gens, **kw).images
     before = snapshot(sd_pipe)
-    with pytest.raises(CaptureError, match="one image per generation.*2 prompts"):
-        with diffviz.trace(sd_pipe):
-            sd_pipe([PROMPT, "a cat"], num_inference_steps=2, height=64, width=64)
-    with pytest.raises(CaptureError, match="num_images_per_prompt"):
-        with diffviz.trace(sd_pipe):
-            generate(sd_pipe, num_images_per_prompt=2)
+    with diffviz.trace(sd_pipe) as run:
+        images = sd_pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in range(4)], **kw).images
     assert_same(before, snapshot(sd_pipe))
+    assert run.state == "done" and len(run) == 4
+    assert [t.prompt for t in run] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert [t.options["image"] for t in run] == [0, 1, 2, 3]
+    for t, traced, untraced in zip(run, images, plain):
+        assert np.array_equal(np.asarray(traced), np.asarray(untraced))
+        assert np.array_equal(t.image.numpy(), np.asarray(traced))
+    with pytest.raises(CaptureError, match="made 4 images.*traces\\[i\\]"):
+        run.heatmap("red")
+    with diffviz.trace(sd_pipe) as alone:  # image 3 = prompt 1 with seed 3, alone
+        sd_pipe(prompts[1], generator=torch.Generator().manual_seed(3), **{**kw, "num_images_per_prompt": 1})
+    mine = run[3]
+    assert mine.words == alone.words and mine.tokens == alone.tokens
+    torch.testing.assert_close(mine.latents, alone.latents, atol=1e-4, rtol=0)
+    for name in alone.attn:
+        torch.testing.assert_close(mine.attn[name].float(), alone.attn[name].float(), atol=2e-3, rtol=0)
 
 
 def test_second_generation_in_one_block_is_refused(sd_pipe):
@@ -208,7 +227,7 @@ def test_bad_input_gets_clear_errors(traced, sd_pipe):
         tr.heatmap("red", heads=0)
     with pytest.raises(ValueError, match="tokens must be one of"):
         diffviz.trace(sd_pipe, tokens="everything").__enter__()
-    with pytest.raises(TypeError, match="UNet.*Supported: StableDiffusionPipeline"):
+    with pytest.raises(TypeError, match="cannot trace a object.*Supported: StableDiffusionPipeline"):
         with diffviz.trace(object()):
             pass
 

@@ -91,7 +91,7 @@ def test_pipeline_is_restored_after_an_edit_that_raises(sd_pipe):
     with pytest.raises(IndexError, match="4 steps"):
         edit.reweight(sd_pipe, PROMPT, "red", 2.0, steps=[7], **KW)
     assert_same(before, snapshot(sd_pipe))
-    with pytest.raises(ValueError, match="matches no cross-attention layer"):
+    with pytest.raises(ValueError, match="no prompt-reading layer matches .middle.*down.*16x16"):
         edit.suppress(sd_pipe, PROMPT, "red", layers="middle", **KW)
     with pytest.raises(ValueError, match="0..1"):
         edit.steer(sd_pipe, PROMPT, "red", (0, 0, 8, 8), strength=2.0, **KW)
@@ -99,7 +99,7 @@ def test_pipeline_is_restored_after_an_edit_that_raises(sd_pipe):
 
 def test_cross_attention_attn1_is_edited_too():
     """Models built with only_cross_attention read the prompt in attn1 as well; edits reach it."""
-    from diffviz.capture import processors, prompt_attn1_layers
+    from diffviz.capture import processors
     from diffviz.classroom.model import assemble, build_components
 
     pipe = assemble(build_components(seed=0))
@@ -111,7 +111,7 @@ def test_cross_attention_attn1_is_edited_too():
         seen.add(layer.rsplit(".", 1)[-1])
         return probs
 
-    with processors(pipe, prompt_attn1_layers(pipe.unet), edit=spy) as names:
+    with processors(pipe, layers="attn1", edit=spy) as names:
         assert names and all(n.endswith("attn1") for n in names)
         pipe("a red circle", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert seen == {"attn1"}

@@ -24,7 +24,7 @@ def heads_trace(sd_pipe):
     """PROMPT, 5 DDIM steps, every head kept (2 heads at 32x32, 4 at 16x16)."""
     with diffviz.trace(sd_pipe, heads=True) as t:
         generate(sd_pipe, steps=5)
-    return t
+    return t.trace
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def other_trace(sd_pipe):
     """Another prompt ("red" and "blue" swapped, no "left"), another seed, 5 steps, every head kept."""
     with diffviz.trace(sd_pipe, heads=True) as t:
         generate(sd_pipe, "a blue circle above a red square", steps=5, seed=1)
-    return t
+    return t.trace
 
 
 @pytest.fixture()
@@ -74,8 +74,8 @@ def test_explore_is_a_widget_app_with_the_controls_and_a_figure_widget(app, head
     assert [label for label, _ in app.layers.options] == [
         "all layers", "down blocks (in)", "middle block", "up blocks (out)", "32x32 maps", "16x16 maps",
         "first down block, 32x32", "second down block, 16x16", "middle block, 16x16",
-        "first up block, 16x16 (1 of 2)", "first up block, 16x16 (2 of 2)",
-        "second up block, 32x32 (1 of 2)", "second up block, 32x32 (2 of 2)"]
+        "first up block (1 of 2), 16x16", "first up block (2 of 2), 16x16",
+        "second up block (1 of 2), 32x32", "second up block (2 of 2), 32x32"]
     # the 32x32 layers have 2 heads, the 16x16 ones 4: every layer has heads 0 and 1
     assert [label for label, _ in app.heads.options] == ["mean of heads", "head 0", "head 1"]
     assert app.heads.layout.display != "none"

@@ -122,9 +122,10 @@ def test_layer_step_rows_follow_the_unet_down_mid_up(tr):
     fig = figures.layer_step(tr, "blue")
     heat = fig.data[0]
     assert np.asarray(heat.z).shape == (len(tr.layers), tr.num_steps)
-    blocks = [y.split()[0] for y in heat.y]
-    assert blocks == sorted(blocks, key=["down", "mid", "up"].index)
-    assert heat.y[0] == "down 0.0.0 · 32x32"
+    block = {l.name: l.block for l in tr.layers}
+    blocks = [block[name_row[0]] for name_row in heat.customdata]
+    assert blocks == sorted(blocks, key=["down", "mid", "up"].index) and len(set(blocks)) == 3
+    assert heat.y[0] == "first down block · 32x32"
     rows = {l.name: r for l, r in zip(tr.layers, heatmap.layer_step(tr, "blue"))}
     for name_row, z in zip(heat.customdata, heat.z):
         np.testing.assert_allclose(z, rows[name_row[0]].numpy(), rtol=1e-6)

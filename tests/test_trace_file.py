@@ -36,7 +36,7 @@ def test_metadata_is_json_with_a_format_version(traced, tmp_path):
     meta = json.loads(json.loads(path.read_bytes()[8:8 + header_len])["__metadata__"]["diffviz"])
     assert meta["format"] == "diffviz-trace" and meta["format_version"] == 2
     assert meta["diffviz_version"] == diffviz.__version__ and meta["prompt"] == tr.prompt
-    assert meta["model"]["unet_config_sha256"] and meta["scheduler"]["name"] == "DDIMScheduler"
+    assert meta["model"]["config_sha256"] and meta["model"]["family"] == "sd" and meta["scheduler"]["name"] == "DDIMScheduler"
 
 
 def test_truncated_file_is_refused(traced, tmp_path):
@@ -105,7 +105,7 @@ def test_a_failed_save_leaves_the_old_file_intact(traced, tmp_path, monkeypatch)
 def test_an_empty_trace_cannot_be_saved(sd_pipe, tmp_path):
     with diffviz.trace(sd_pipe) as tr:
         pass
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(diffviz.CaptureError, match="empty.*no generation has run"):
         tr.save(tmp_path / "x.dvz")
 
 

@@ -1,54 +1,58 @@
 """Context managers that put diffviz into a pipeline and always take it out again.
 
-Only ``attn2`` processors are replaced (through ``unet.set_attn_processor``); the step recorder
-uses module hooks (text encoder, U-Net, VAE decoder) and wraps ``scheduler.step`` on the
-instance. On exit, normal or by an exception, the saved processors are set back, every hook
-handle is removed and the instance attribute is deleted: the pipeline is as it was, object for
-object.
+Only the processors of the prompt-reading attention layers are replaced (through the denoiser's
+``set_attn_processor``; the family adapter says which layers and which processor); the step recorder
+uses module hooks (text encoders, denoiser, VAE decoder) and wraps ``scheduler.step`` on the
+instance. On exit, normal or by an exception, the saved processors are set back, every hook handle
+is removed and the instance attribute is deleted: the pipeline is as it was, object for object.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
-import torch
+from ..trace import Layers, select_layers
+from .families import CaptureError, Family, family_of
+from .processor import Edit, Sink, is_ours
+from .recorder import DEFAULT_MAX_BYTES, Capture, Recorder
 
-from ..pipelines import check_pipeline
-from ..trace import Trace
-from .processor import Attn2Processor, Edit, Sink
-from .recorder import DEFAULT_MAX_BYTES, Recorder, attn2_layers
+
+def _default_layers(family: Family):
+    h, w = family.default_size()
+    return family.layers((h // family.vae_scale, w // family.vae_scale))
 
 
 @contextmanager
-def processors(pipe, names: Sequence[str], *, sink: Sink | None = None,
-               edit: Edit | None = None) -> Iterator[list[str]]:
-    """Install an ``Attn2Processor`` on the attention modules ``names`` (module paths); yields them.
-    On exit every processor of the U-Net is set back to the one it had."""
-    unet = check_pipeline(pipe)
-    saved = dict(unet.attn_processors)
-    names = list(names)
-    replaced = {key: (Attn2Processor(key.removesuffix(".processor"), sink, edit)
-                      if key.removesuffix(".processor") in names else proc) for key, proc in saved.items()}
+def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, layers: Layers = None,
+               edit_layers: Sequence[str] | None = None) -> Iterator[list[str]]:
+    """Install diffviz's processor on the prompt-reading layers picked by ``layers`` (the layer selector;
+    resolutions at the model's default image size); yields their names. ``edit(layer, probs)`` changes
+    the attention on ``edit_layers`` (default: all of them). On exit every processor is set back.
+
+    A processor diffviz did not write is kept working (wrapped) where nothing is edited; an edit
+    refuses (CaptureError) a layer whose processor it would replace with different maths."""
+    family = family_of(pipe)
+    names = select_layers(_default_layers(family), layers, what="prompt-reading layer")
+    denoiser = family.denoiser
+    saved = dict(denoiser.attn_processors)
+    if any(is_ours(p) for p in saved.values()):
+        raise CaptureError("this pipeline is already being traced (a `with diffviz.trace(pipe)` block or an edit "
+                           "is running on it): diffviz traces one generation at a time. Use the trace you "
+                           "have, or trace after that block ends.")
+    editing = set(names if edit_layers is None else edit_layers)
+    replaced = {}
+    for key, proc in saved.items():
+        name = key.removesuffix(".processor")
+        replaced[key] = proc if name not in names else family.processor(
+            name, proc, sink, edit if name in editing else None)
     try:
-        unet.set_attn_processor(replaced)
+        denoiser.set_attn_processor(replaced)
         yield names
     finally:
-        unet.set_attn_processor(saved)
-
-
-def attn2_processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None,
-                     layers: str | Sequence[str] | None = None):
-    """Install an ``Attn2Processor`` on the selected attn2 layers (context manager; yields their names)."""
-    return processors(pipe, list(attn2_layers(check_pipeline(pipe), layers)), sink=sink, edit=edit)
-
-
-def prompt_attn1_layers(unet: torch.nn.Module) -> list[str]:
-    """``attn1`` modules that read the prompt, in U-Nets built with ``only_cross_attention``
-    (the classroom model); empty for Stable Diffusion, where attn1 is self-attention."""
-    return [name for name, m in unet.named_modules()
-            if name.endswith("attn1") and getattr(m, "is_cross_attention", False)]
+        denoiser.set_attn_processor(saved)
 
 
 @contextmanager
@@ -66,34 +70,54 @@ def _patched(obj, name: str, value) -> Iterator[None]:
             delattr(obj, name)
 
 
-@contextmanager
-def trace(pipe, *, layers: str | Sequence[str] | None = None, heads: bool = False, uncond: bool = False,
-          tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None) -> Iterator[Trace]:
-    """Record the next generation of ``pipe`` into the yielded Trace.
+def _check_selector(family: Family, layers: Layers) -> None:
+    """Refuse, before the run, a selector naming no layer (resolutions wait for the image size)."""
+    for w in [] if layers is None else [layers] if isinstance(layers, str) else list(layers):
+        if not re.fullmatch(r"\d+x\d+", w):
+            try:
+                select_layers(_default_layers(family), w, what="prompt-reading layer")
+            except ValueError as err:
+                raise CaptureError(str(err)) from None
 
-    ``layers``: attn2 layers to capture, by name prefix ("up_blocks.1") or block ("down", "mid", "up");
-    None = all. ``heads``: keep every head instead of their mean. ``uncond``: also keep the
-    unconditional half. ``tokens``: "prompt" (word tokens), "special" (plus start and end) or "all"
-    (the whole context). ``max_bytes``: refuse a capture estimated to need more. ``edit``: a function
-    (layer, probs [batch, head, query, token]) -> probs applied in every captured layer (see diffviz.edit);
-    the trace then records the edited attention.
-    """
-    check_pipeline(pipe)
+
+@contextmanager
+def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
+              max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
+              edit_layers: Sequence[str] | None = None) -> Iterator[Recorder]:
+    """``trace`` for diffviz's own callers (the edits): yields the Recorder itself."""
     rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes)
-    rec.original_step = pipe.scheduler.step
+    family = rec.family
+    _check_selector(family, layers)
     with ExitStack() as stack:
-        stack.enter_context(attn2_processors(pipe, sink=rec, edit=edit, layers=layers))
-        hooks = [
-            rec.text_encoder.register_forward_pre_hook(rec.on_text_encoder, with_kwargs=True),
-            pipe.unet.register_forward_pre_hook(rec.on_unet_input, with_kwargs=True),
-            pipe.unet.register_forward_hook(rec.on_unet_output, with_kwargs=True),
-        ]
+        stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers))
+        hooks = [enc.register_forward_pre_hook(functools.partial(rec.on_text_encoder, i), with_kwargs=True)
+                 for i, enc in enumerate(family.text_encoders())]
+        hooks += [family.denoiser.register_forward_pre_hook(rec.on_denoiser_input, with_kwargs=True),
+                  family.denoiser.register_forward_hook(rec.on_denoiser_output, with_kwargs=True)]
         if getattr(pipe, "vae", None) is not None:
             hooks.append(pipe.vae.decoder.register_forward_hook(rec.on_decoder_output))
         for h in hooks:
             stack.callback(h.remove)
         stack.enter_context(_patched(pipe.scheduler, "step", functools.partial(rec.step, rec.original_step)))
         try:
-            yield rec.trace
+            yield rec
         finally:
-            rec.finish_early()
+            rec.finish()
+
+
+@contextmanager
+def trace(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
+          max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None) -> Iterator[Capture]:
+    """Record the next generation of ``pipe``; yields its ``Capture`` (one Trace per image, see there).
+
+    ``layers``: prompt-reading layers to capture, by the layer selector: module path or a part of one at
+    a dot ("up_blocks.1", "attn1"), block ("down", "mid", "up") or resolution ("16x16"); None = all.
+    ``heads``: keep every head instead of their mean. ``uncond``: also keep the unconditional half.
+    ``tokens``: "prompt" (word tokens), "special" (plus start and end) or "all" (the whole context).
+    ``max_bytes``: refuse a capture estimated to need more. ``edit``: a function
+    (layer, probs [batch, head, query, token]) -> probs applied in every captured layer (see diffviz.edit);
+    the trace then records the edited attention.
+    """
+    with recording(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
+                   edit=edit) as rec:
+        yield rec.capture

@@ -1,30 +1,40 @@
-"""The attention processor diffviz installs on ``attn2`` (cross-attention) layers.
+"""The attention processors diffviz installs on diffusers ``Attention`` modules that read the prompt
+(cross-attention: SD's ``attn2``, the classroom model's ``attn1``, PixArt's ``attn2``).
 
-It computes exactly what diffusers' ``AttnProcessor2_0`` computes (same ops, same order, so the
-image is bitwise unchanged) and hands the query and key it already made to a recorder, which turns
-them into attention probabilities once per step. With an ``edit`` it computes the probabilities
-itself, lets the edit change them, and uses them for the output (prompt-to-prompt style).
+``CrossAttnProcessor`` computes exactly what diffusers' ``AttnProcessor2_0`` computes (same ops, same
+order, so the image is bitwise unchanged) and hands the query and key it already made to a sink,
+which turns them into attention probabilities once per step. With an ``edit`` it computes the
+probabilities itself, lets the edit change them, and uses them for the output (prompt-to-prompt style).
+
+``wrap`` keeps a processor diffviz did not write (IP-Adapter, sliced, xformers, a custom one): it runs
+that processor unchanged for the output and recomputes the module's own query and text keys for the
+sink, so the processor's effect on the image stays and the maps show the module's text attention.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 
-# probs: [batch, head, query, token] -> edited probs of the same shape
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
+
+# (layer, probs [batch, head, query, token]) -> edited probs of the same shape
 Edit = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class Sink(Protocol):
+    def wants(self, layer: str) -> bool: ...
+
     def keep(self, layer: str, attn: Attention, query: torch.Tensor, key: torch.Tensor,
              probs: torch.Tensor | None) -> None: ...
 
 
-class Attn2Processor:
+class CrossAttnProcessor:
     """Cross-attention for one named layer; ``sink`` receives q [batch, head, query, dim],
     k [batch, head, token, dim] and, when ``edit`` is set, the edited probs [batch, head, query, token]."""
 
@@ -97,3 +107,64 @@ class Attn2Processor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class Wrapped:
+    """A foreign processor kept in place: ``original`` computes the output; the sink gets the module's
+    query [batch, head, query, dim] and text keys [batch, head, token, dim], recomputed from its weights."""
+
+    def __init__(self, layer: str, original, sink: Sink | None):
+        self.layer, self.original, self.sink = layer, original, sink
+        self._signature = inspect.signature(original.__call__)
+
+    def run(self, *args, **kwargs) -> torch.Tensor:
+        out = self.original(*args, **kwargs)
+        if self.sink is not None and self.sink.wants(self.layer):
+            bound = self._signature.bind(*args, **kwargs).arguments
+            query, key = self._query_key(bound)
+            self.sink.keep(self.layer, bound["attn"], query, key, None)
+        return out
+
+    def _query_key(self, bound: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        attn, hidden = bound["attn"], bound["hidden_states"]
+        text = bound.get("encoder_hidden_states")
+        if attn.spatial_norm is not None:
+            hidden = attn.spatial_norm(hidden, bound.get("temb"))
+        if hidden.ndim == 4:
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden = attn.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
+        if isinstance(text, tuple):  # IP-Adapter: (text, image embeddings)
+            text = text[0]
+        elif text is not None and hasattr(self.original, "num_tokens"):  # IP-Adapter: image tokens appended
+            text = text[:, : text.shape[1] - sum(self.original.num_tokens)]
+        if text is None:
+            text = hidden
+        elif attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        query = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        key = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        return query, key
+
+
+def wrap(layer: str, original, sink: Sink | None) -> Wrapped:
+    """A ``Wrapped`` whose call signature is ``original``'s: diffusers' ``Attention`` passes a processor only
+    the keyword arguments its signature names (e.g. IP-Adapter masks), so the wrapper must name the same."""
+    signature = inspect.signature(original.__call__)
+
+    def __call__(self, *args, **kwargs):
+        return self.run(*args, **kwargs)
+
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    __call__.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
+    cls = type(f"Wrapped{type(original).__name__}", (Wrapped,), {"__call__": __call__})
+    return cls(layer, original, sink)
+
+
+def is_ours(processor) -> bool:
+    """Whether ``processor`` was installed by diffviz (a trace or an edit is running)."""
+    return isinstance(processor, (CrossAttnProcessor, Wrapped))

@@ -1,16 +1,18 @@
-"""The step recorder: what one generation passes through, gathered into a Trace.
+"""The step recorder: what one generation passes through, gathered into one Trace per image.
 
-It is fed by four hooks (installed and removed by ``capture.install``): the text encoder's input
-ids (which tokens, which words), the U-Net's input and output (noise predictions, both guidance
-halves), ``scheduler.step`` (latents before and after, predicted x0) and the VAE decoder's output
-(the final image). The attn2 processors hand it their query and key; it turns them into attention
+It is fed by hooks that ``capture.install`` installs and removes: the text encoders' input ids (which
+tokens, which words), the denoiser's input and output (noise predictions, both guidance halves),
+``scheduler.step`` (latents before and after, predicted x0) and the VAE decoder's output (the final
+images). The attention processors hand it their query and text keys; it turns them into attention
 maps once per step, in one batched call per group of equal shapes, so each layer costs no extra
-kernel while the U-Net runs.
+kernel while the denoiser runs. What it learns about the model it asks the family adapter.
+
+Per-run state lives here and in the ``Capture`` the user holds: it says what state the run is in,
+and gives the traces once the generation has run (never a half-filled Trace).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -21,126 +23,166 @@ import torch
 
 from .. import __version__
 from ..decode import fit_preview, to_uint8
-from ..trace import Layer, Token, Trace
+from ..trace import Layer, Layers, Trace, select_layers
+from .families import CaptureError, Family, PromptTokens, family_of
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 TOKEN_MODES = ("prompt", "special", "all")
 ATTN_DTYPE = torch.float16  # probabilities in [0, 1]: 3 significant digits are plenty, half the bytes
+ONE_PER_BLOCK = ("this trace already holds a generation; open a new `with diffviz.trace(pipe) as trace:` block "
+                 "for each pipeline call.")
 
 
-class CaptureError(RuntimeError):
-    """A generation that diffviz cannot trace as asked; the message says what to change."""
-
-
-def attn2_layers(unet: torch.nn.Module, layers: str | Sequence[str] | None = None) -> dict[str, int]:
-    """Cross-attention module paths of ``unet`` -> their resolution level (0 = latent size, each
-    level halves it). ``layers`` filters by name prefix or block ("down", "mid", "up")."""
-    n_down = len(unet.down_blocks)
-    found: dict[str, int] = {}
-    for key in unet.attn_processors:
-        name = key.removesuffix(".processor")
-        if not name.endswith("attn2"):
-            continue
-        block, _, rest = name.partition(".")
-        if block == "down_blocks":
-            level = int(rest.split(".")[0])
-        elif block == "up_blocks":
-            level = len(unet.up_blocks) - 1 - int(rest.split(".")[0])
-        else:
-            level = n_down - 1
-        found[name] = level
-    if not found:
-        raise CaptureError("this U-Net has no cross-attention (attn2) layers, so no word can be traced.")
-    if layers is None:
-        return found
-    wanted = [layers] if isinstance(layers, str) else list(layers)
-    picked = {n: lv for n, lv in found.items() if any(n.startswith(w) for w in wanted)}
-    if not picked:
-        raise CaptureError(f"layers={layers!r} matches no attn2 layer; names start with "
-                           f"{sorted({n.split('.attentions')[0] for n in found})}.")
-    return picked
-
-
-def level_size(latent: tuple[int, int], level: int) -> tuple[int, int]:
-    """(h, w) of a feature map ``level`` stride-2 downsamplings below ``latent``."""
-    return math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)
-
-
-def estimate_bytes(pipe, height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
-                   n_tokens: int = 77, *, layers: str | Sequence[str] | None = None, heads: bool = False,
-                   uncond: bool = False) -> dict[str, int]:
-    """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...}.
-    ``n_tokens`` is the number of stored tokens (a prompt's word tokens unless tokens='all')."""
-    unet, vae_scale = pipe.unet, getattr(pipe, "vae_scale_factor", 8)
-    sample = unet.config.sample_size
-    height = height or sample * vae_scale
-    width = width or sample * vae_scale
-    latent = (height // vae_scale, width // vae_scale)
-    modules = dict(unet.named_modules())
-    cells = sum(
-        (modules[n].heads if heads else 1) * math.prod(level_size(latent, lv))
-        for n, lv in attn2_layers(unet, layers).items()
-    )
-    attention = num_inference_steps * cells * n_tokens * (2 if uncond else 1) * ATTN_DTYPE.itemsize
-    c = unet.config.in_channels if unet.config.in_channels <= 4 else unet.config.out_channels
-    latents = (4 * num_inference_steps + 1) * c * math.prod(latent) * unet.dtype.itemsize
+def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int, layers: Sequence[Layer],
+              heads: bool, uncond: bool, images: int) -> dict[str, int]:
+    """Bytes held: ``n_tokens`` stored tokens summed over the ``images``."""
+    cells = sum((l.heads if heads else 1) * math.prod(l.size) for l in layers)
+    attention = steps * cells * n_tokens * (2 if uncond else 1) * ATTN_DTYPE.itemsize
+    latents = images * (4 * steps + 1) * family.latent_channels() * math.prod(latent) * family.denoiser.dtype.itemsize
     return {"attention": attention, "latents": latents, "total": attention + latents}
 
 
-class Recorder:
-    """Receives one generation from the hooks and writes it into ``self.trace``."""
+def estimate_bytes(pipe, height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
+                   n_tokens: int = 77, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
+                   images: int = 1) -> dict[str, int]:
+    """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...}. ``n_tokens`` is the
+    number of stored tokens per image (a prompt's word tokens unless tokens='all'); ``images`` per call."""
+    family = family_of(pipe)
+    h, w = family.default_size()
+    latent = ((height or h) // family.vae_scale, (width or w) // family.vae_scale)
+    picked = family.layers(latent)
+    names = set(select_layers(picked, layers, what="prompt-reading layer"))
+    return _estimate(family, latent, num_inference_steps, n_tokens * images, [l for l in picked if l.name in names],
+                     heads, uncond, images)
 
-    def __init__(self, pipe, *, layers: str | Sequence[str] | None = None, heads: bool = False,
-                 uncond: bool = False, tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES):
+
+class _Image:
+    """One image of the batch: where its rows are, which tokens it keeps, and what it recorded."""
+
+    def __init__(self, prompt: PromptTokens, positions: list[int], cond: int, uncond: int | None):
+        self.prompt, self.positions, self.cond, self.uncond = prompt, positions, cond, uncond
+        self.latents: list[torch.Tensor] = []
+        self.x0: list[torch.Tensor] = []
+        self.noise_cond: list[torch.Tensor] = []
+        self.noise_uncond: list[torch.Tensor] = []
+        self.maps: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.maps_uncond: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.image: torch.Tensor | None = None
+        self._index: dict[torch.device, torch.Tensor] = {}
+
+    def index(self, device: torch.device) -> torch.Tensor:
+        """The stored token positions as an index tensor on ``device`` (made once per device)."""
+        if device not in self._index:
+            self._index[device] = torch.tensor(self.positions, dtype=torch.long, device=device)
+        return self._index[device]
+
+
+class Capture:
+    """What ``with diffviz.trace(pipe) as run:`` yields: the run's ``state``, then its traces.
+
+    ``state``: "waiting" (no generation yet), "running", "done", or "stopped" (the generation ended
+    before its last step; the steps that ran are kept, with ``options["complete"] = False``).
+    ``run.traces``: one Trace per image of the call; ``run.trace``: the only one. A run of one image
+    reads as its Trace: ``run.heatmap(...)``, ``run.save(...)``, ``run.words`` are the trace's.
+    """
+
+    def __init__(self, recorder: Recorder):
+        self._recorder = recorder
+        self._traces: list[Trace] | None = None
+
+    @property
+    def state(self) -> str:
+        return self._recorder.state
+
+    @property
+    def traces(self) -> list[Trace]:
+        if self._traces is None:
+            if self.state not in ("done", "stopped"):
+                raise CaptureError(f"this trace is empty (state {self.state!r}): no generation has run in its "
+                                   "`with diffviz.trace(pipe)` block yet; call the pipeline inside the block.")
+            self._traces = self._recorder.build()
+        return self._traces
+
+    @property
+    def trace(self) -> Trace:
+        traces = self.traces
+        if len(traces) != 1:
+            raise CaptureError(f"this call made {len(traces)} images, one trace each: use run.traces[i] "
+                               "(or iterate over the run).")
+        return traces[0]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.trace, name)
+
+    def __len__(self) -> int:
+        return len(self.traces)
+
+    def __iter__(self):
+        return iter(self.traces)
+
+    def __getitem__(self, i: int) -> Trace:
+        return self.traces[i]
+
+    def __repr__(self) -> str:
+        if self.state in ("waiting", "running"):
+            return f"Capture({self.state})"
+        traces = self.traces
+        return repr(traces[0]) if len(traces) == 1 else f"Capture({len(traces)} images: {traces!r})"
+
+
+class Recorder:
+    """Receives one generation from the hooks; ``capture`` is the user's handle on it."""
+
+    def __init__(self, pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
+                 tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES):
         if tokens not in TOKEN_MODES:
             raise ValueError(f"tokens must be one of {TOKEN_MODES}, not {tokens!r}.")
-        self.pipe = pipe
-        self.levels = attn2_layers(pipe.unet, layers)
+        self.pipe, self.family = pipe, family_of(pipe)
         self.heads, self.uncond, self.tokens_mode, self.max_bytes = heads, uncond, tokens, max_bytes
         self.options = {"layers": layers, "heads": heads, "uncond": uncond, "tokens": tokens}
-        encoder = pipe.text_encoder if getattr(pipe, "text_encoder", None) is not None else pipe.text_encoder_2
-        self.text_encoder = encoder
-        self.tokenizer = pipe.tokenizer if encoder is getattr(pipe, "text_encoder", None) else pipe.tokenizer_2
-        self.state = "idle"  # -> "running" at the first U-Net call -> "done" after the last step
-        self.ids: list[torch.Tensor] = []  # text-encoder inputs, prompt first
-        self.trace = _empty_trace(self.options)
+        self.state = "waiting"  # -> "running" at the first denoiser call -> "done" after the last step
+        self.ids: list[list[torch.Tensor]] = [[] for _ in self.family.text_encoders()]  # per encoder, per call
         self.pending: dict[tuple, list] = defaultdict(list)  # this step's q/k (or probs) per shape group
-        self._modules = {n: m for n, m in pipe.unet.named_modules() if n in self.levels}
+        self.sizes: dict[str, tuple[int, int]] = {}  # captured layers -> query grid
+        self.capture = Capture(self)
+        self.original_step = pipe.scheduler.step
+        self._step_signature = inspect.signature(self.original_step)
 
     # ---- hooks --------------------------------------------------------------------------------
-    def on_text_encoder(self, module, args, kwargs) -> None:
+    def on_text_encoder(self, encoder: int, module, args, kwargs) -> None:
         if self.state == "done":
-            raise CaptureError("this trace already holds a generation; open a new "
-                               "`with diffviz.trace(pipe) as trace:` block for each pipeline call.")
+            raise CaptureError(ONE_PER_BLOCK)
         ids = args[0] if args else kwargs.get("input_ids")
-        if ids is not None and self.state == "idle":
-            self.ids.append(ids.detach().cpu())
+        if ids is not None and self.state == "waiting":
+            self.ids[encoder].append(ids.detach().cpu())
 
-    def on_unet_input(self, module, args, kwargs) -> None:
+    def on_denoiser_input(self, module, args, kwargs) -> None:
         if self.state == "done":
-            raise CaptureError("this trace already holds a generation; open a new "
-                               "`with diffviz.trace(pipe) as trace:` block for each pipeline call.")
-        if self.state == "idle":
-            self._t_of_first_call = args[1] if len(args) > 1 else kwargs["timestep"]
-            self._start(args[0] if args else kwargs["sample"])
+            raise CaptureError(ONE_PER_BLOCK)
+        if self.state == "waiting":
+            self._start(*self.family.denoiser_io(args, kwargs))
         self.pending.clear()
 
-    def on_unet_output(self, module, args, kwargs, output) -> None:
+    def on_denoiser_output(self, module, args, kwargs, output) -> None:
         if self.state != "running":
             return
-        noise = output[0] if isinstance(output, tuple) else output.sample
-        if self.cfg:
-            uncond, cond = noise.chunk(2)
-            self.noise_uncond.append(uncond[0].detach())
-        else:
-            cond = noise
-        self.noise_cond.append(cond[0].detach())
+        noise = self.family.unpack(self.family.prediction(output))
+        uncond, cond = noise.chunk(2) if self.cfg else (None, noise)
+        for i, img in enumerate(self.images):
+            img.noise_cond.append(cond[i].detach())
+            if uncond is not None:
+                img.noise_uncond.append(uncond[i].detach())
+
+    def wants(self, layer: str) -> bool:
+        return self.state == "running" and layer in self.sizes
 
     def keep(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor,
              probs: torch.Tensor | None) -> None:
-        """Called by each attn2 processor with q [b, head, query, dim], k [b, head, token, dim] (or
-        the edited probs). Only references are kept: no torch call here, the maths waits for the step end."""
-        if self.state != "running":
+        """Called by each processor with q [b, head, query, dim], k [b, head, token, dim] (or the
+        edited probs). Only references are kept: no torch call here, the maths waits for the step end."""
+        if not self.wants(layer):
             return
         if probs is not None:
             self.pending[("probs", probs.shape)].append((layer, probs, None))
@@ -157,174 +199,136 @@ class Recorder:
         prev = out[0] if isinstance(out, tuple) else out.prev_sample
         x0 = out[1] if isinstance(out, tuple) and len(out) > 1 else getattr(out, "pred_original_sample", None)
         if x0 is None:
-            x0 = self._x0_from(model_output, t, sample)
-        if not self.latents:
-            self.latents.append(sample[0].detach())
-        self.latents.append(prev[0].detach())
-        self.x0.append(x0[0].detach())
+            x0 = self.family.x0(model_output, t, sample)
+        sample, prev, x0 = (self.family.unpack(x) for x in (sample, prev, x0))
+        for i, img in enumerate(self.images):
+            if not img.latents:
+                img.latents.append(sample[i].detach())
+            img.latents.append(prev[i].detach())
+            img.x0.append(x0[i].detach())
         self.t.append(t)
         self._attention_of_step()
         if len(self.t) == self.expected_steps:
-            self._finish()
+            self.state = "done"
         return out
 
     def on_decoder_output(self, module, args, output) -> None:
-        if self.state != "done" or output.shape[0] != 1 or tuple(output.shape[-2:]) != self.pixels:
+        if self.state != "done" or tuple(output.shape[-2:]) != self.pixels:
             return
-        image = to_uint8(output[0].detach())
-        self.trace.image = image
-        self.trace.preview_weight = fit_preview(self.trace.latents[-1], image)
+        waiting = [img for img in self.images if img.image is None]
+        for img, row in zip(waiting, output):  # one batch, or one image per call (VAE slicing)
+            img.image = to_uint8(row.detach())
 
     # ---- start, per step, finish --------------------------------------------------------------
-    def _start(self, sample: torch.Tensor) -> None:
-        pipe, sched = self.pipe, self.pipe.scheduler
-        if not self.ids:
+    def _start(self, sample: torch.Tensor, t) -> None:
+        family, sched = self.family, self.pipe.scheduler
+        if not self.ids[0]:
             raise CaptureError("diffviz.trace needs the prompt as text to name its tokens; pass prompt=..., "
                                "not prompt_embeds.")
-        if self.ids[0].shape[0] != 1:
-            raise CaptureError(f"diffviz.trace records one image per generation, got {self.ids[0].shape[0]} "
-                               "prompts; call the pipeline once per prompt, each in its own trace.")
-        self.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-        if sample.shape[0] != (2 if self.cfg else 1):
-            n = sample.shape[0] // (2 if self.cfg else 1)
-            raise CaptureError(f"diffviz.trace records one image per generation, got {n} "
-                               "(num_images_per_prompt > 1?); loop over seeds instead, one trace each.")
-        self.latent = tuple(sample.shape[-2:])
-        self.pixels = tuple(s * getattr(pipe, "vae_scale_factor", 8) for s in self.latent)
-        self._name_tokens()
-        est = estimate_bytes(pipe, *self.pixels, len(sched.timesteps), len(self.positions),
-                             layers=self.options["layers"], heads=self.heads, uncond=self.uncond)
+        self.cfg = family.guided()
+        batch = sample.shape[0] // (2 if self.cfg else 1)
+        n_prompts = self.ids[0][0].shape[0]
+        if batch % n_prompts:
+            raise CaptureError(f"the denoiser sees {batch} images for {n_prompts} prompts; diffviz cannot tell "
+                               "which image belongs to which prompt.")
+        per_prompt = batch // n_prompts
+        prompts = [family.read_prompt(self.ids, p) for p in range(n_prompts)]
+        self.images = [_Image(prompts[i // per_prompt], prompts[i // per_prompt].positions(self.tokens_mode),
+                              batch + i if self.cfg else i, i if self.cfg else None) for i in range(batch)]
+        self.latent = family.latent_size(sample)
+        self.pixels = (self.latent[0] * family.vae_scale, self.latent[1] * family.vae_scale)
+        layers = family.layers(self.latent)
+        try:
+            picked = set(select_layers(layers, self.options["layers"], what="prompt-reading layer"))
+        except ValueError as err:
+            raise CaptureError(str(err)) from None
+        self.layers = [l for l in layers if l.name in picked]
+        est = _estimate(family, self.latent, len(sched.timesteps), sum(len(i.positions) for i in self.images),
+                        self.layers, self.heads, self.uncond, batch)
         if est["total"] > self.max_bytes:
             mib = {k: v / 2**20 for k, v in est.items()}
             raise CaptureError(
                 f"this capture would hold about {mib['total']:.0f} MiB (attention {mib['attention']:.0f} MiB, "
                 f"latents {mib['latents']:.0f} MiB), over max_bytes={self.max_bytes / 2**20:.0f} MiB. Reduce it: "
-                "heads=False (head mean), layers='up_blocks.1' (fewer layers), uncond=False, tokens='prompt', "
-                "fewer steps or a smaller image; or raise max_bytes."
+                f"heads=False (head mean), layers={self.layers[-1].block or self.layers[-1].name!r} (fewer layers), uncond=False, tokens='prompt', "
+                "fewer steps, fewer images or a smaller image; or raise max_bytes."
             )
-        self.sizes = {n: level_size(self.latent, lv) for n, lv in self.levels.items()}
-        self._positions: dict[torch.device, torch.Tensor] = {}
+        self.sizes = {l.name: l.size for l in self.layers}
         timesteps = sched.timesteps.detach().cpu()  # one host sync per generation, none per step
-        first = (timesteps == torch.as_tensor(self._t_of_first_call).cpu()).nonzero()
+        first = (timesteps == torch.as_tensor(t).cpu()).nonzero()
         self.expected_steps = len(timesteps) - (int(first[0]) if len(first) else 0)
-        self._step_signature = inspect.signature(self.original_step)
-        self.latents, self.x0, self.t = [], [], []
-        self.noise_cond, self.noise_uncond = [], []
-        self.maps: dict[str, list] = defaultdict(list)
-        self.maps_uncond: dict[str, list] = defaultdict(list)
+        self.t: list = []
+        # rows of the batch the maps need: the conditional ones, and the unconditional ones on request
+        rows = sorted({r for img in self.images for r in (img.cond, img.uncond if self.uncond else None)
+                       if r is not None})
+        self.where = {r: i for i, r in enumerate(rows)}
+        contiguous = rows == list(range(rows[0], rows[-1] + 1))
+        self.rows = slice(rows[0], rows[-1] + 1) if contiguous else rows  # a slice is a view: no copy
         self.state = "running"
-
-    def _name_tokens(self) -> None:
-        ids = self.ids[0][0].tolist()
-        texts = self.tokenizer.convert_ids_to_tokens(ids)
-        end = self.tokenizer.eos_token_id
-        n = next((i for i in range(1, len(ids)) if ids[i] == end), len(ids) - 1)  # first end token
-        words: list[str] = []
-        tokens: list[Token] = []
-        piece = ""
-        for pos in range(len(ids)):
-            word = None
-            if 0 < pos < n:
-                word = len(words)
-                piece += texts[pos].removesuffix("</w>")
-                if texts[pos].endswith("</w>") or pos == n - 1:
-                    words.append(piece)
-                    piece = ""
-            tokens.append(Token(pos, texts[pos], word))
-        keep = {"prompt": range(1, n), "special": range(n + 1), "all": range(len(ids))}[self.tokens_mode]
-        self.positions = list(keep)
-        self.trace.words, self.trace.tokens = words, [tokens[p] for p in keep]
-        self.trace.prompt = self.tokenizer.decode(ids[1:n])
-        if len(self.ids) > 1:
-            neg = self.ids[1][0].tolist()
-            m = neg.index(end, 1) if end in neg[1:] else len(neg)
-            self.trace.negative_prompt = self.tokenizer.decode(neg[1:m])
-
-    def _x0_from(self, eps: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
-        """x0 for schedulers that do not return it (DPM-Solver, PNDM, UniPC): VP parameterisation."""
-        ab = self._alpha_bar(t).to(sample.device, torch.float32)
-        kind = self.pipe.scheduler.config.get("prediction_type", "epsilon")
-        x, e = sample.float(), eps.float()
-        if kind == "v_prediction":
-            x0 = ab.sqrt() * x - (1 - ab).sqrt() * e
-        elif kind == "sample":
-            x0 = e
-        else:
-            x0 = (x - (1 - ab).sqrt() * e) / ab.sqrt()
-        return x0.to(sample.dtype)
-
-    def _alpha_bar(self, t) -> torch.Tensor:
-        """alpha_bar at (possibly fractional) timestep ``t``, interpolated in alphas_cumprod."""
-        ac = self.pipe.scheduler.alphas_cumprod.float().cpu()
-        t = torch.as_tensor(t, dtype=torch.float32).cpu().clamp(0, len(ac) - 1)
-        lo = t.floor().long()
-        hi = (lo + 1).clamp(max=len(ac) - 1)
-        return ac[lo] + (t - lo) * (ac[hi] - ac[lo])
 
     def _attention_of_step(self) -> None:
         """Turn this step's queued q/k into maps: one matmul + softmax per group of equal shapes."""
-        half = slice(None) if self.uncond else slice(-1, None)  # batch is [uncond, cond] under guidance
+        rows, where = self.rows, self.where
         for group, items in self.pending.items():
             if group[0] == "probs":
-                probs = torch.stack([p for _, p, _ in items])[:, half]  # [layer, b, head, query, token]
+                probs = torch.stack([p for _, p, _ in items])[:, rows]  # [layer, row, head, query, token]
             else:
-                q = torch.stack([q for _, q, _ in items])[:, half]
-                k = torch.stack([k for _, _, k in items])[:, half]
+                q = torch.stack([q for _, q, _ in items])[:, rows]
+                k = torch.stack([k for _, _, k in items])[:, rows]
                 probs = ((q @ k.transpose(-1, -2)).float() * group[2]).softmax(-1)
-            probs = probs[..., self.positions_on(probs.device)]
-            if not self.heads:
-                probs = probs.mean(2, keepdim=True)
-            probs = probs.to(ATTN_DTYPE).transpose(-1, -2)  # [layer, b, head, token, query]
-            for (name, *_), p in zip(items, probs):
-                p = p.unflatten(-1, self.sizes[name])
-                self.maps[name].append(p[-1])
-                if self.uncond and p.shape[0] == 2:
-                    self.maps_uncond[name].append(p[0])
+            for img in self.images:
+                picked = [where[img.cond]] if not self.uncond or img.uncond is None else [where[img.uncond],
+                                                                                          where[img.cond]]
+                p = probs[:, picked] if len(self.images) > 1 else probs
+                p = p[..., img.index(p.device)]
+                if not self.heads:
+                    p = p.mean(2, keepdim=True)
+                p = p.to(ATTN_DTYPE).transpose(-1, -2)  # [layer, row, head, token, query]
+                for (name, *_), m in zip(items, p):
+                    m = m.unflatten(-1, self.sizes[name])
+                    img.maps[name].append(m[-1])
+                    if m.shape[0] == 2:
+                        img.maps_uncond[name].append(m[0])
         self.pending.clear()
 
-    def positions_on(self, device: torch.device) -> torch.Tensor:
-        """The stored token positions as an index tensor on ``device`` (made once per device)."""
-        if device not in self._positions:
-            self._positions[device] = torch.tensor(self.positions, dtype=torch.long, device=device)
-        return self._positions[device]
+    def finish(self) -> None:
+        """At the end of the block: a generation that stopped before its last step keeps what ran."""
+        if self.state == "running":
+            self.state = "stopped" if self.t else "waiting"
 
-    def finish_early(self) -> None:
-        """Keep the steps recorded so far when a generation stopped before its last step."""
-        if self.state == "running" and self.t:
-            self._finish()
-            self.trace.options["complete"] = False
-
-    def _finish(self) -> None:
-        """Stack the per-step lists into the Trace (one move to the CPU for the whole generation)."""
-        tr, cpu = self.trace, lambda xs: torch.stack(xs).cpu()
+    def build(self) -> list[Trace]:
+        """One Trace per image (one move to the CPU per tensor); drops the device references."""
+        cpu = lambda xs: torch.stack(xs).cpu()  # noqa: E731
         t = torch.stack([torch.as_tensor(x, dtype=torch.float32).reshape(()).cpu() for x in self.t])
-        tr.timesteps, tr.alpha_bar = t, self._alpha_bar(t)
-        tr.sigma = ((1 - tr.alpha_bar) / tr.alpha_bar).sqrt()
-        tr.latents, tr.x0, tr.noise_cond = cpu(self.latents), cpu(self.x0), cpu(self.noise_cond)
-        tr.noise_uncond = cpu(self.noise_uncond) if self.cfg else None
-        tr.guidance_scale = float(getattr(self.pipe, "guidance_scale", 1.0)) if self.cfg else 1.0
-        modules = self._modules
-        tr.layers = [Layer(n, self.sizes[n], modules[n].heads) for n in self.levels if n in self.maps]
-        tr.attn = {n: cpu(self.maps[n]) for n in self.levels if n in self.maps}
-        tr.attn_uncond = {n: cpu(self.maps_uncond[n]) for n in self.levels if n in self.maps_uncond}
-        tr.height, tr.width = self.pixels
-        unet_config = json.dumps(dict(self.pipe.unet.config), sort_keys=True, default=str)
-        tr.model = {
-            "name": str(getattr(self.pipe, "name_or_path", "") or self.pipe.config.get("_name_or_path", "")),
-            "pipeline": type(self.pipe).__name__,
-            "unet_config_sha256": hashlib.sha256(unet_config.encode()).hexdigest()[:16],
-            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
-        }
+        alpha_bar, sigma = self.family.schedule(t)
         sched = self.pipe.scheduler
-        tr.scheduler = {"name": type(sched).__name__, "config": json.loads(json.dumps(dict(sched.config), default=str))}
-        tr.options = {**self.options, "diffviz_version": __version__}
-        self.maps = self.maps_uncond = self.latents = self.x0 = None  # drop the device references
-        self.state = "done"
+        scheduler = {"name": type(sched).__name__, "config": _plain(dict(sched.config))}
+        model = self.family.model_info()
+        options = {**self.options, "diffviz_version": __version__}
+        if self.state == "stopped":
+            options["complete"] = False
+        traces = []
+        for i, img in enumerate(self.images):
+            latents = cpu(img.latents)
+            preview = None if img.image is None else fit_preview(latents[-1], img.image.cpu())
+            kept = [l for l in self.layers if l.name in img.maps]
+            tokens = {tok.position: tok for tok in img.prompt.tokens}
+            traces.append(Trace(
+                prompt=img.prompt.prompt, negative_prompt=img.prompt.negative_prompt, words=list(img.prompt.words),
+                tokens=[tokens[p] for p in img.positions], layers=kept, height=self.pixels[0], width=self.pixels[1],
+                guidance_scale=self.family.guidance_scale() if self.cfg else 1.0, timesteps=t, alpha_bar=alpha_bar,
+                sigma=sigma, latents=latents, x0=cpu(img.x0), noise_cond=cpu(img.noise_cond),
+                noise_uncond=cpu(img.noise_uncond) if self.cfg else None,
+                attn={l.name: cpu(img.maps[l.name]) for l in kept},
+                attn_uncond={l.name: cpu(img.maps_uncond[l.name]) for l in kept if l.name in img.maps_uncond},
+                image=None if img.image is None else img.image.cpu(), preview_weight=preview, model=model,
+                scheduler=scheduler, options=options | ({"image": i, "images": len(self.images)}
+                                                        if len(self.images) > 1 else {}),
+            ))
+        self.images = []  # drop the device references
+        return traces
 
 
-def _empty_trace(options: dict) -> Trace:
-    """The Trace a ``with diffviz.trace(pipe)`` block yields before the pipeline has run."""
-    empty = torch.zeros(0)
-    return Trace(prompt="", negative_prompt=None, words=[], tokens=[], layers=[], height=0, width=0,
-                 guidance_scale=1.0, timesteps=empty, alpha_bar=empty, sigma=empty, latents=empty,
-                 x0=empty, noise_cond=empty, noise_uncond=None, attn={}, options=dict(options))
+def _plain(config: dict) -> dict:
+    """A scheduler config as plain JSON values."""
+    return json.loads(json.dumps(config, default=str))

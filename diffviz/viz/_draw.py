@@ -154,21 +154,6 @@ def words_title(trace: Trace, words: str | int | Sequence[str | int]) -> str:
     return " + ".join(f"“{labels[w]}”" if isinstance(w, int) else f"“{w}”" for w in picked)
 
 
-def layer_label(name: str) -> str:
-    """"up_blocks.1.attentions.0.transformer_blocks.0.attn2" -> "up 1.0.0"; "mid_block..." -> "mid 0.0"."""
-    parts = name.split(".")
-    block = parts[0].removesuffix("_blocks").removesuffix("_block")
-    nums = [p for p in parts[1:] if p.isdigit()]
-    return f"{block} {'.'.join(nums)}"
-
-
-def unet_order(trace: Trace) -> list[int]:
-    """Indices into ``trace.layers`` in the order the U-Net runs them: down, mid, up."""
-    rank = {"down": 0, "mid": 1, "up": 2}
-    return sorted(range(len(trace.layers)),
-                  key=lambda i: (rank.get(layer_label(trace.layers[i].name).split()[0], 3), i))
-
-
 def default_word(trace: Trace) -> int:
     """Index of the word that receives the most attention over the whole generation."""
     return int(heatmap.word_mass(trace).sum(0).argmax())

@@ -35,7 +35,6 @@ COLOUR_WORDS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f5fd6", "yellow
                 "purple": "#8e44ad", "orange": "#f28e1c", "pink": "#e377c2", "brown": "#8c564b",
                 "black": "#000000", "white": "#c9c9c9", "grey": "#7f7f7f", "gray": "#7f7f7f",
                 "cyan": "#17becf", "magenta": "#d62ad6"}
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 
 class Explorer(widgets.VBox):
@@ -426,29 +425,18 @@ def _layer_word_mass(trace: Trace) -> torch.Tensor:
 
 
 def layer_title(trace: Trace, name: str) -> str:
-    """Plain name of a layer: "first down block, 8x8", "middle block, 8x8", "first up block, 16x16
-    (2 of 3)". The one place that reads block names from a module path (to become the family adapter's
-    layer description, issue 12); a path it does not know keeps its short label."""
+    """Plain name of a layer, as the model family describes it, and its resolution: "first down block,
+    8x8", "first up block (2 of 3), 16x16"."""
     layer = next(l for l in trace.layers if l.name == name)
-    parts = name.split(".")
-    kinds = {"down_blocks": "down", "mid_block": "middle", "up_blocks": "up"}
-    if parts[0] not in kinds:
-        return f"{d.layer_label(name)}, {layer.resolution}"
-    block = ".".join(parts[:2]) if parts[0] != "mid_block" else parts[0]
-    same_kind = list(dict.fromkeys(".".join(l.name.split(".")[:2]) for l in trace.layers
-                                   if l.name.startswith(parts[0] + ".")))
-    nth = "" if parts[0] == "mid_block" else ORDINALS[min(same_kind.index(block), len(ORDINALS) - 1)] + " "
-    siblings = [l.name for l in trace.layers if l.name.startswith(block + ".")]
-    which = f" ({siblings.index(name) + 1} of {len(siblings)})" if len(siblings) > 1 else ""
-    return f"{nth}{kinds[parts[0]]} block, {layer.resolution}{which}"
+    return f"{layer.title}, {layer.resolution}"
 
 
 def _layer_options(trace: Trace) -> list[tuple[str, str]]:
     """("all layers", ALL), then blocks, resolutions and single layers, as ``Trace.layer_names``
     takes them."""
-    layers = [trace.layers[i] for i in d.unet_order(trace)]
-    blocks = [b for b in ("down", "mid", "up") if any(l.name.startswith(b) for l in layers)]
-    names = {"down": "down blocks (in)", "mid": "middle block", "up": "up blocks (out)"}
+    layers = trace.layers  # in run order
+    names = {"down": "down blocks (in)", "mid": "middle block", "up": "up blocks (out)"}  # U-Net blocks
+    blocks = list(dict.fromkeys(l.block for l in layers if l.block))
     sizes = sorted({l.resolution for l in layers}, key=lambda r: -int(r.split("x")[0]))
-    return ([("all layers", ALL)] + [(names[b], b) for b in blocks] + [(f"{r} maps", r) for r in sizes]
-            + [(layer_title(trace, l.name), l.name) for l in layers])
+    return ([("all layers", ALL)] + [(names.get(b, f"{b} blocks"), b) for b in blocks]
+            + [(f"{r} maps", r) for r in sizes] + [(layer_title(trace, l.name), l.name) for l in layers])

@@ -119,12 +119,11 @@ def word_mass(trace: Trace, *, layers=None, share: bool = True) -> go.Figure:
 
 @d.one_thread
 def layer_step(trace: Trace, word: Word) -> go.Figure:
-    """Layer x step matrix of ``word``'s mean attention probability: where in the U-Net (rows in
-    run order: down, mid, up) and when a word acts."""
-    order = d.unet_order(trace)
-    z = heatmap.layer_step(trace, word)[order]  # [layer, step]
-    names = [trace.layers[i].name for i in order]
-    labels = [f"{d.layer_label(n)} · {trace.layers[i].resolution}" for n, i in zip(names, order)]
+    """Layer x step matrix of ``word``'s mean attention probability: where in the model (rows in the
+    order it runs its layers, e.g. down, mid, up in a U-Net) and when a word acts."""
+    z = heatmap.layer_step(trace, word)  # [layer, step], rows in trace.layers order: the run order
+    names = [l.name for l in trace.layers]
+    labels = [f"{l.title} · {l.resolution}" for l in trace.layers]
     fig = go.Figure(go.Heatmap(z=z.numpy(), x=list(range(trace.num_steps)), y=labels, colorscale="Viridis",
                                customdata=[[n] * trace.num_steps for n in names],
                                colorbar=dict(title="attention"),
@@ -132,7 +131,7 @@ def layer_step(trace: Trace, word: Word) -> go.Figure:
                                              "<extra></extra>"))
     fig.update_xaxes(title="step (noisy → clean)", dtick=d.step_tick(trace))
     fig.update_yaxes(autorange="reversed")
-    return fig.update_layout(title=f"Where in the U-Net, and when, {d.words_title(trace, word)} acts "
+    return fig.update_layout(title=f"Where in the model, and when, {d.words_title(trace, word)} acts "
                                    "(rows: layers in run order)",
                              width=760, height=180 + 28 * len(labels))
 

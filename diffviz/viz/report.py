@@ -61,7 +61,7 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
          "Each word's share of the attention the prompt's words receive, per step. Words that act early "
          "shape the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
         (f"Where in the U-Net “{label}” acts",
-         "One row per cross-attention layer, in the order the U-Net runs them (coarse layers in the middle).",
+         "One row per prompt-reading attention layer, in the order the model runs them (in a U-Net: coarse layers in the middle).",
          lambda: figures.layer_step(trace, word)),
     ]
     if trace.noise_uncond is not None:
@@ -105,7 +105,7 @@ def _page(trace: Trace, parts: list[str]) -> str:
             ("model", trace.model.get("name") or trace.model.get("pipeline", "?")),
             ("scheduler", f"{trace.scheduler.get('name', '?')}, {trace.num_steps} steps"),
             ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"),
-            ("captured", f"{len(trace.layers)} cross-attention layers, {len(trace.tokens)} tokens")]
+            ("captured", f"{len(trace.layers)} prompt-reading attention layers, {len(trace.tokens)} tokens")]
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

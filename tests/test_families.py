@@ -1,0 +1,164 @@
+"""The family seam on the SD adapter: one layer selector everywhere, foreign processors kept, one
+generation per trace (nested traces refused), an explicit run state, edits without host syncs."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import diffviz
+from diffviz import edit
+from diffviz.capture import CaptureError, family_of, processors
+from diffviz.trace import Layer, select_layers
+
+from .conftest import PROMPT, generate
+from .test_capture import assert_same, snapshot
+
+KW = {"num_inference_steps": 4, "height": 64, "width": 64}
+
+
+def test_layer_selector_matches_whole_parts_of_a_path():
+    layers = [Layer(f"up_blocks.{i}.attentions.0.attn{a}", (8, 8) if i < 10 else (4, 4), 2, block="up")
+              for i in (1, 10) for a in (1, 2)] + [Layer("mid_block.attentions.0.attn2", (4, 4), 2, block="mid")]
+    assert select_layers(layers, "up_blocks.1") == ["up_blocks.1.attentions.0.attn1", "up_blocks.1.attentions.0.attn2"]
+    assert select_layers(layers, "attn1") == ["up_blocks.1.attentions.0.attn1", "up_blocks.10.attentions.0.attn1"]
+    assert select_layers(layers, "4x4") == [layers[2].name, layers[3].name, layers[4].name]
+    assert select_layers(layers, ["mid", "up_blocks.10"]) == [layers[2].name, layers[3].name, layers[4].name]
+    assert select_layers(layers, "up_blocks.1.attentions.0.attn2") == [layers[1].name]
+    with pytest.raises(ValueError, match=r"no captured layer matches 'up_blocks.2'.*\['up', 'mid'\].*'8x8', '4x4'"):
+        select_layers(layers, "up_blocks.2")
+    with pytest.raises(ValueError, match="matches 'attn'"):  # a part of a name is not a part of the path
+        select_layers(layers, "attn")
+
+
+def test_capture_heatmap_and_edits_select_the_same_layers(sd_pipe, traced):
+    _, full = traced
+    with diffviz.trace(sd_pipe, layers="16x16") as run:  # a resolution was refused by trace() before
+        generate(sd_pipe)
+    assert [l.name for l in run.layers] == full.layer_names("16x16") and run.layers
+    seen: set[str] = set()
+    with processors(sd_pipe, layers="16x16", edit=lambda layer, p: seen.add(layer) or p):
+        generate(sd_pipe, steps=1)
+    assert seen == set(full.layer_names("16x16"))
+    _, edited = edit.suppress(sd_pipe, PROMPT, "red", layers="16x16", **KW)
+    for l in edited.layers:
+        late = edited.attn[l.name][:, :, edited.token_indices("red")].float()
+        assert (late.abs().max() == 0) == (l.size == (16, 16))
+
+
+def test_the_classroom_models_prompt_reading_attn1_is_captured_and_edited():
+    from diffviz.classroom.model import assemble, build_components
+
+    pipe = assemble(build_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"num_inference_steps": 2, "generator": torch.Generator().manual_seed(0)}
+    with diffviz.trace(pipe) as run:
+        pipe("a red circle", **kw)
+    kinds = {l.name.rsplit(".", 1)[-1] for l in run.layers}
+    assert kinds == {"attn1", "attn2"} and run.heatmap("red").shape == (run.height, run.width)
+    assert [l.title for l in run.layers if l.name.endswith("attn1")][0] == "first down block, attn1"
+    seen: set[str] = set()
+    with processors(pipe, edit=lambda layer, p: seen.add(layer) or p):
+        pipe("a red circle", **kw)
+    assert seen == {l.name for l in run.layers}
+
+
+def test_a_nested_trace_is_refused_clearly(sd_pipe):
+    before = snapshot(sd_pipe)
+    with pytest.raises(CaptureError, match="already being traced"):
+        with diffviz.trace(sd_pipe):
+            with diffviz.trace(sd_pipe):
+                generate(sd_pipe)
+    assert_same(before, snapshot(sd_pipe))
+    with pytest.raises(CaptureError, match="already being traced"):
+        with diffviz.trace(sd_pipe):
+            edit.suppress(sd_pipe, PROMPT, "red", **KW)
+    assert_same(before, snapshot(sd_pipe))
+
+
+def test_the_run_has_an_explicit_state_and_no_placeholder_trace(sd_pipe):
+    with diffviz.trace(sd_pipe) as run:
+        assert run.state == "waiting"
+        with pytest.raises(CaptureError, match="no generation has run"):
+            run.height  # noqa: B018  (was a placeholder 0)
+        generate(sd_pipe)
+        assert run.state == "done" and run.trace.height == 64
+    assert run.trace is run.traces[0] and run.words == PROMPT.split() and "4 steps" in repr(run)
+
+
+class Louder:
+    """A foreign processor that changes the layer's output (a stand-in for IP-Adapter or a custom one)
+    and takes its own keyword argument through cross_attention_kwargs."""
+
+    def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 boost: float = 1.0):
+        return boost * self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+@pytest.mark.parametrize("kind", ["sliced", "custom"])
+def test_foreign_processors_keep_their_effect(kind, traced):
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    from diffviz.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd")
+    pipe.set_progress_bar_config(disable=True)
+    default = np.asarray(generate(pipe))
+    foreign = {k: (SlicedAttnProcessor(1) if kind == "sliced" else Louder()) if "attn2" in k else p
+               for k, p in pipe.unet.attn_processors.items()}
+    pipe.unet.set_attn_processor(foreign)
+    extra = {} if kind == "sliced" else {"cross_attention_kwargs": {"boost": 1.5}}
+    plain = np.asarray(generate(pipe, **extra))
+    assert (kind == "sliced") == np.array_equal(plain, default)  # the custom one changes the image
+    before = snapshot(pipe)
+    with diffviz.trace(pipe) as run:
+        image = np.asarray(generate(pipe, **extra))
+    assert np.array_equal(image, plain)  # its effect stays, bitwise
+    assert_same(before, snapshot(pipe))
+    if kind == "sliced":  # same attention: the maps are those of the default processor
+        ref = traced[1]
+        for name in ref.attn:
+            torch.testing.assert_close(run.attn[name].float(), ref.attn[name].float(), atol=2e-3, rtol=0)
+    else:
+        rows = run.attn[run.layers[0].name].float().sum(2)  # maps over the prompt's tokens: a share of 1
+        assert (rows > 0).all() and (rows <= 1 + 1e-3).all()
+        with pytest.raises(CaptureError, match="Louder.*drop its effect"):
+            edit.suppress(pipe, PROMPT, "red", **KW)
+        assert_same(before, snapshot(pipe))
+
+
+def test_edits_do_not_read_values_back_during_the_generation(sd_pipe, monkeypatch):
+    """A tensor -> Python conversion in edit.py while the pipeline runs is a GPU -> host sync per layer
+    and step; count them."""
+    syncs: list[str] = []
+    for name in ("__bool__", "item", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("edit.py"):
+                syncs.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    edit.steer(sd_pipe, PROMPT, "red", (0, 0, 32, 32), **KW)
+    edit.reweight(sd_pipe, PROMPT, "red", 2.0, **KW)
+    assert syncs == []
+
+
+def test_the_adapter_describes_the_sd_models(sd_pipe, sdxl_pipe):
+    for pipe in (sd_pipe, sdxl_pipe):
+        family = family_of(pipe)
+        assert family.name == "sd" and family.default_size() == (64, 64)
+        layers = family.layers((32, 32))
+        assert {l.size for l in layers} == {(32, 32), (16, 16)}
+        assert [l.block for l in layers] == sorted((l.block for l in layers), key=["down", "mid", "up"].index)
+    with pytest.raises(TypeError, match="cannot trace a str.*Supported: StableDiffusionPipeline"):
+        family_of("a pipeline")
