@@ -54,15 +54,49 @@ def test_word_heatmap_of_selected_steps_and_layers(tr):
     assert "“red” + “circle”" in fig.layout.title.text and "2 of 4 steps" in fig.layout.title.text
 
 
-def test_word_grid_has_one_panel_per_word_with_repeated_words_told_apart(tr):
+def test_word_grid_has_one_panel_per_word_and_sums_a_repeated_word_as_word_heatmap_does(tr):
     fig = figures.word_grid(tr, cols=4)
-    assert len(fig.data) == 2 * len(tr.words)
+    assert len(fig.data) == 2 * 7
     titles = [a.text for a in fig.layout.annotations]
-    assert titles == ["a", "red", "circle", "left", "of", "a #2", "blue", "square"]
+    assert titles == ["a (2×)", "red", "circle", "left", "of", "blue", "square"]
     heats = [t for t in fig.data if isinstance(t, go.Heatmap)]
     assert sum(bool(h.showscale) for h in heats) == 1  # one shared colour bar
-    np.testing.assert_allclose(heats[5].z, tr.heatmap(5, size=heatmap.grid(tr)).numpy(), atol=1e-6)
-    assert image_ranges(fig, "xaxis8", "yaxis8") == ((-0.5, 63.5), (63.5, -0.5))
+    both = tr.word_heatmap("a", size=heatmap.grid(tr))
+    np.testing.assert_allclose(heats[0].z, both.numpy(), atol=1e-6)
+    assert not torch.allclose(both, tr.heatmap(0, size=heatmap.grid(tr)))  # not the first "a" alone
+    assert image_ranges(fig, "xaxis7", "yaxis7") == ((-0.5, 63.5), (63.5, -0.5))
+    by_index = figures.word_grid(tr, [0, 5])
+    assert [a.text for a in by_index.layout.annotations] == ["a", "a #2"]
+    np.testing.assert_allclose(by_index.data[3].z, tr.heatmap(5, size=heatmap.grid(tr)).numpy(), atol=1e-6)
+
+
+def test_word_grid_panels_grow_when_there_are_few_words(tr):
+    two, eight = figures.word_grid(tr, ["red", "blue"]), figures.word_grid(tr, list(range(8)))
+    panel = lambda f: (f.layout.xaxis.domain[1] - f.layout.xaxis.domain[0]) * (f.layout.width - 120)  # noqa: E731
+    assert panel(two) >= 280 and panel(eight) >= 160 and two.layout.height >= 300
+
+
+@pytest.fixture(scope="module")
+def long_trace(sd_pipe):
+    """A prompt of 60 words (under 77 tokens), 2 steps."""
+    with diffviz.trace(sd_pipe) as t:
+        generate(sd_pipe, " ".join(["a red circle left of a blue square a"] * 6) + " red square", steps=2)
+    assert len(t.words) == 56
+    return t
+
+
+def test_word_grid_lays_out_any_number_of_words_and_pages_them(long_trace):
+    every = list(range(len(long_trace.words)))
+    fig = figures.word_grid(long_trace, every)  # 14 rows
+    assert len(fig.data) == 2 * 56 and fig.layout.height > 14 * 170
+    paged = figures.word_grid(long_trace, every, per_page=16)
+    buttons = paged.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["words 1–16 of 56", "words 17–32 of 56", "words 33–48 of 56",
+                                          "words 49–56 of 56"]
+    assert sum(bool(t.visible) for t in paged.data) == 32
+    visible, layout = buttons[3].args
+    assert sum(visible["visible"]) == 16 and visible["visible"][2 * 48] and not visible["visible"][2 * 47]
+    assert [a["text"] for a in layout["annotations"]][:2] == ["left #6", "of #6"]
 
 
 def test_denoising_animation_has_a_frame_per_step_with_x0_noisy_latent_and_heat_map(tr):
@@ -81,6 +115,18 @@ def test_denoising_animation_has_a_frame_per_step_with_x0_noisy_latent_and_heat_
     assert [st.label for st in slider.steps] == [str(s) for s in range(tr.num_steps)]
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["▶ play", "❚❚ pause"]
     assert [a.text for a in fig.layout.annotations][2] == "“circle” at this step"
+
+
+def test_denoising_opens_where_x0_means_something_and_says_so_before(tr):
+    fig = figures.denoising(tr, "red")
+    first = next(s for s in range(tr.num_steps) if float(tr.sigma[s]) <= 1)
+    assert first > 0 and fig.layout.sliders[0].active == first
+    np.testing.assert_array_equal(png_array(fig.data[0].source), tr.preview(first).numpy())
+    assert fig.layout.title.text == fig.frames[first].layout.title.text
+    noisy = [s for s in range(tr.num_steps) if "still a blur" in fig.frames[s].layout.title.text]
+    assert noisy == list(range(first))
+    at0 = figures.denoising(tr, "red", start=0)
+    assert at0.layout.sliders[0].active == 0 and "step 0 " in at0.layout.title.text
 
 
 def test_animations_can_show_a_subset_of_steps(tr):
@@ -158,6 +204,9 @@ def test_schedule_plots_sigma_on_a_log_axis_and_alpha_bar(tr):
     np.testing.assert_allclose(alpha.y, tr.alpha_bar.numpy(), rtol=1e-6)
     np.testing.assert_allclose(sigma.customdata, tr.timesteps.float().numpy())
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.range == (0, 1.02)
+    assert float(tr.sigma.max() / tr.sigma.min()) > 10
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.yaxis.exponentformat == "power"  # decades, no "2", "5"
+    assert fig.layout.yaxis.title.text == "sigma (log scale)" and fig.layout.yaxis2.title.text == "alpha-bar"
     assert fig.layout.title.text == "Noise schedule: DDIMScheduler, 4 steps"
 
 
@@ -212,7 +261,13 @@ def test_figures_work_on_a_trace_loaded_from_disk(tr, tmp_path):
     assert a.to_json() == b.to_json()
 
 
-def test_figures_restore_torchs_thread_count(tr):
-    before = torch.get_num_threads()
-    figures.word_mass(tr)
-    assert torch.get_num_threads() == before
+def test_figures_run_on_one_thread_and_restore_torchs_thread_count(tr, monkeypatch):
+    seen = []
+    real = heatmap.word_share
+    monkeypatch.setattr(heatmap, "word_share", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    torch.set_num_threads(2)  # conftest runs the suite on 1 thread: start from another count
+    try:
+        figures.word_mass(tr)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

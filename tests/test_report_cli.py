@@ -69,6 +69,43 @@ def test_report_escapes_the_prompt_and_skips_guidance_without_it(tr, tmp_path):
     assert len(figure_ids(page)) == 6 and "What guidance does" not in page
 
 
+def test_a_prompt_of_58_distinct_words_gets_a_report(sd_pipe, tmp_path):
+    """Up to 75 words fit CLIP's context; the word grid pages them 16 at a time."""
+    from diffviz.testing import WORDS
+
+    prompt = " ".join(WORDS + list("bcdefghijklmnopqrstuvwxyz0123456789")[:58 - len(WORDS)])
+    with diffviz.trace(sd_pipe) as long:
+        sd_pipe(prompt, num_inference_steps=2, height=64, width=64)
+    assert len(set(long.words)) == 58
+    page = diffviz.report(long, tmp_path / "long.html").read_text(encoding="utf-8")
+    assert len(figure_ids(page)) == 7 and re.search(r"words 49(–|\\u2013)58 of 58", page)
+
+
+def test_a_classroom_report_shows_the_judges_verdict(tmp_path):
+    """The judge reads the trace's image: here a drawn scene that swaps the asked shapes."""
+    import numpy as np
+    import torch
+
+    from diffviz.classroom import data
+
+    pipe = diffviz.classroom.load_pipeline()
+    with diffviz.trace(pipe) as tr:
+        pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    side = tr.height
+    objects = [data.Obj("square", "red", "large"), data.Obj("circle", "blue", "large")]
+    scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
+    swapped = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
+    page = diffviz.report(swapped, tmp_path / "v.html").read_text(encoding="utf-8")
+    assert f"<td>judge</td><td>✗ drawn: a red square left of a blue circle; asked: {PROMPT}</td>" in page
+    objects = [data.Obj("circle", "red", "small"), data.Obj("square", "blue", "large")]
+    scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
+    right = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
+    page = diffviz.report(right, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"<td>judge</td><td>✓ drawn as asked: {PROMPT}</td>" in page
+    tiny = diffviz.report(dataclasses.replace(tr, model={"name": "other/model"}), tmp_path / "o.html")
+    assert "<td>judge</td>" not in tiny.read_text(encoding="utf-8")
+
+
 def test_explain_generates_traces_and_reports(model_dir, tmp_path, capsys):
     out = tmp_path / "run.html"
     rc = main(["explain", PROMPT, "--model", str(model_dir), "--steps", "3", "--seed", "2", "--guidance", "5",

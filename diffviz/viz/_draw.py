@@ -160,8 +160,9 @@ def default_word(trace: Trace) -> int:
 
 
 # ---- animation -------------------------------------------------------------------------------------------
-def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300) -> go.Figure:
-    """Attach ``frames`` (one per step, named "0", "1", ...) with a step slider and a play/pause button.
+def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300, active: int = 0) -> go.Figure:
+    """Attach ``frames`` (one per step, named "0", "1", ...) with a step slider and a play/pause button;
+    the slider starts at frame ``active`` (the figure's own data must show that frame).
     A frame may carry a ``layout`` (e.g. a title naming the timestep) that is applied with it."""
     fig.frames = frames
     start = min(0.5, 240 / (fig.layout.width or 700))  # leave room for the two buttons
@@ -172,7 +173,7 @@ def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300) -> g
                           pad=dict(t=45, r=10), showactive=False, buttons=[
                               dict(label="▶ play", method="animate", args=[None, play]),
                               dict(label="❚❚ pause", method="animate", args=[[None], still])])],
-        sliders=[dict(active=0, x=start, len=1 - start, y=0, yanchor="top", pad=dict(t=30),
+        sliders=[dict(active=active, x=start, len=1 - start, y=0, yanchor="top", pad=dict(t=30),
                       currentvalue=dict(prefix="step ", visible=True, xanchor="left"),
                       steps=[dict(label=f.name, method="animate", args=[[f.name], still]) for f in frames])],
     )

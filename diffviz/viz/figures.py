@@ -36,47 +36,103 @@ def word_heatmap(trace: Trace, word: Word | Sequence[Word], *, steps=None, layer
 
 
 @d.one_thread
-def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 4, steps=None, layers=None,
-              heads=None, opacity: float = 0.6, colorscale: str = d.HEAT_COLORS) -> go.Figure:
-    """A grid of heat maps, one per word (default: every word of the prompt, in order), over the image."""
+def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 4, per_page: int | None = None,
+              steps=None, layers=None, heads=None, opacity: float = 0.6,
+              colorscale: str = d.HEAT_COLORS) -> go.Figure:
+    """A grid of heat maps, one per word, over the image; any number of words.
+
+    Default ``words``: each distinct word of the prompt once, in order; a repeated word ("a" in "a red
+    circle left of a blue square") is one panel, "a (2×)", with both occurrences summed, exactly as
+    ``trace.word_heatmap("a")``. Give indices into ``trace.words`` for one occurrence ("a #2").
+    ``per_page``: show at most this many panels at a time, with a menu of pages (None: all at once).
+    """
     _check_opacity(opacity)
-    words = list(range(len(trace.words))) if words is None else list(words)
+    words = _distinct_words(trace) if words is None else list(words)
     if not words:
         raise ValueError("no words to draw; give at least one word of the prompt.")
-    labels = d.word_labels(trace)
-    cols = max(1, min(cols, len(words)))
-    rows = -(-len(words) // cols)
-    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.02, vertical_spacing=0.08,
-                        subplot_titles=[labels[w] if isinstance(w, int) else str(w) for w in words])
+    if per_page is not None and per_page < 1:
+        raise ValueError(f"per_page must be 1 or more, not {per_page}.")
+    titles = [_panel_title(trace, w) for w in words]
+    page = min(per_page or len(words), len(words))
+    cols = max(1, min(cols, page))
+    rows = -(-page // cols)
+    cell = {1: 320, 2: 300, 3: 230}.get(cols, 170)  # px a panel: few words get large panels
+    gap_x, gap_y = 12, 36  # px between panels; the vertical gap holds a panel's title
+    width, height = cell * cols + gap_x * (cols - 1) + 120, (cell + gap_y) * rows + 80
+    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=gap_x / (width - 120),
+                        vertical_spacing=gap_y / (height - 80) if rows > 1 else 0,
+                        subplot_titles=titles[:page] + [""] * (rows * cols - page))
     uri = d.png_uri(d.final_image(trace), d.PREVIEW_SIDE)  # small panels: a smaller copy of the image
     size = d.heat_size(trace)
     for i, w in enumerate(words):
-        r, c = i // cols + 1, i % cols + 1
+        r, c = (i % page) // cols + 1, (i % page) % cols + 1
         z = trace.heatmap(w, steps=steps, layers=layers, heads=heads, size=size)
-        fig.add_trace(d.image_trace(trace, uri, "image"), row=r, col=c)
+        shown = i < page
+        fig.add_trace(d.image_trace(trace, uri, "image").update(visible=shown), row=r, col=c)
         fig.add_trace(d.heat_trace(trace, z, opacity=opacity, colorscale=colorscale, showscale=i == 0,
-                                   name=labels[w] if isinstance(w, int) else str(w)), row=r, col=c)
-        d.image_axes(fig, trace, r, c)
-    return fig.update_layout(title=f"Where each word looks, {_selection(trace, steps, layers)}",
-                             width=170 * cols + 120, height=190 * rows + 80)
+                                   name=titles[i]).update(visible=shown), row=r, col=c)
+    for i in range(min(page, len(words))):
+        d.image_axes(fig, trace, i // cols + 1, i % cols + 1)
+    fig.update_layout(title=f"Where each word looks, {_selection(trace, steps, layers)}", width=width,
+                      height=height)
+    if page < len(words):
+        _page_menu(fig, titles, page)
+    return fig
+
+
+def _distinct_words(trace: Trace) -> list[str]:
+    """Each word of the prompt once (case-insensitive), in order of first appearance."""
+    return list(dict.fromkeys(w.lower() for w in trace.words))
+
+
+def _panel_title(trace: Trace, word: Word) -> str:
+    """"red"; "a (2×)" for a word named by text that occurs twice; "a #2" for one occurrence by index."""
+    if isinstance(word, int):
+        return d.word_labels(trace)[trace.word_indices(word)[0]]
+    n = len(trace.word_indices(word))
+    return str(word) if n == 1 else f"{word} ({n}×)"
+
+
+def _page_menu(fig: go.Figure, titles: list[str], page: int) -> None:
+    """A menu of pages for a grid whose traces are (image, heat map) per panel, ``page`` panels a page:
+    each page shows its panels' traces and titles."""
+    n = len(titles)
+    title_annotations = list(fig.layout.annotations)[:page]
+    buttons = []
+    for start in range(0, n, page):
+        visible = [start <= i < start + page for i in range(n) for _ in (0, 1)]
+        names = titles[start:start + page] + [""] * (page - len(titles[start:start + page]))
+        annotations = [a.to_plotly_json() | {"text": t} for a, t in zip(title_annotations, names)]
+        buttons.append(dict(label=f"words {start + 1}–{min(start + page, n)} of {n}", method="update",
+                            args=[{"visible": visible}, {"annotations": annotations}]))
+    fig.update_layout(updatemenus=[dict(type="dropdown", buttons=buttons, x=1, xanchor="right", y=1.0,
+                                        yanchor="bottom", pad=dict(b=30), showactive=True)])
 
 
 @d.one_thread
 def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=None, layers=None, heads=None,
-              vae: torch.nn.Module | None = None, opacity: float = 0.7) -> go.Figure:
+              vae: torch.nn.Module | None = None, opacity: float = 0.7, start: int | None = None) -> go.Figure:
     """Denoising as an animation (one frame per step of ``steps``, default all; slider and play
     button): predicted x0, the noisy latent the U-Net saw at that step, and ``word``'s heat map at
     that step over the final image (default word: the one with the most attention). Pictures are the
     fast linear preview, or the exact VAE decode when ``vae`` is given. Heat maps share one colour
-    scale over the steps shown."""
+    scale over the steps shown.
+
+    ``start``: the step shown first (the slider can go back to step 0). Default: the first step at
+    which signal outweighs noise (sigma <= 1), where predicted x0 starts to look like a picture;
+    frames before it say that the guess is still a blur."""
     _check_opacity(opacity)
     word = d.default_word(trace) if word is None else word
     shown = trace.step_indices(steps)
+    if start is None:
+        start = next((s for s in shown if float(trace.sigma[s]) <= 1), shown[-1])
+    elif trace.step_indices(start)[0] not in shown:
+        raise ValueError(f"start={start} is not one of the steps shown ({shown}).")
+    first = trace.step_indices(start)[0]
     maps = dict(zip(shown, d.step_maps(trace, word, layers=layers, heads=heads)[shown]))
     zmax = max(float(m.max()) for m in maps.values()) or 1.0
     x0 = {s: _picture(trace, s, "x0", vae) for s in shown}
     noisy = {s: _picture(trace, s, "latents", vae) for s in shown}
-    first = shown[0]
     heat_title = f"{d.words_title(trace, word)} at this step"
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.03,
                         subplot_titles=["predicted x0", "noisy latent (U-Net input)", heat_title])
@@ -87,14 +143,18 @@ def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=
     for c in (1, 2, 3):
         d.image_axes(fig, trace, 1, c)
     title = "Denoising, " + ("VAE decode" if vae is not None else "fast preview") + ": {}"
+
+    def label(s: int) -> str:
+        blur = " · more noise than signal: the guess is still a blur" if float(trace.sigma[s]) > 1 else ""
+        return title.format(d.step_label(trace, s)) + blur
+
     frames = [go.Frame(name=str(s), traces=[0, 1, 3],
                        data=[go.Image(source=x0[s]), go.Image(source=noisy[s]),
                              go.Heatmap(z=maps[s].numpy())],
-                       layout=dict(title_text=title.format(d.step_label(trace, s))))
+                       layout=dict(title_text=label(s)))
               for s in shown]
-    fig.update_layout(title=title.format(d.step_label(trace, first)), width=900, height=420,
-                      coloraxis_showscale=False, margin=dict(b=110))
-    return d.animate(fig, frames)
+    fig.update_layout(title=label(first), width=900, height=420, coloraxis_showscale=False, margin=dict(b=110))
+    return d.animate(fig, frames, active=shown.index(first))
 
 
 @d.one_thread
@@ -189,8 +249,13 @@ def schedule(trace: Trace) -> go.Figure:
                                  hovertemplate=f"step %{{x}} (t=%{{customdata:g}})<br>{name} %{{y:.3g}}"
                                                "<extra></extra>"), 1, col)
     _step_axis(fig, trace)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    sigma = trace.sigma[trace.sigma > 0]
+    decades = float(sigma.max().log10() - sigma.min().log10()) if len(sigma) else 0.0
+    # label powers of ten only (no minor "2", "5" labels) when the range spans a decade or more
+    fig.update_yaxes(type="log", title="sigma (log scale)", exponentformat="power",
+                     **(dict(dtick=1, minor=dict(ticks="outside", showgrid=True)) if decades >= 1 else {}),
+                     row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], title="alpha-bar", row=1, col=2)
     name = trace.scheduler.get("name", "scheduler")
     return fig.update_layout(title=f"Noise schedule: {name}, {trace.num_steps} steps", showlegend=False,
                              width=900, height=380)

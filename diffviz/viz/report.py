@@ -21,6 +21,7 @@ from . import _draw as d
 from . import figures
 
 MAX_FRAMES = 25  # animation frames in a report; longer runs show evenly spaced steps (the trace keeps all)
+GRID_PAGE = 16  # heat maps a page in the word grid; longer prompts get a menu of pages
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1040px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -52,11 +53,14 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
     sections = [
         ("Denoising, step by step",
          f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy "
-         f"latent it was given. Right: where “{label}” sent its information at that step. Press play.{shown}",
+         f"latent it was given. Right: where “{label}” sent its information at that step. It opens at the first "
+         f"step where signal outweighs noise; drag the slider back to step 0 to see the guesses made from "
+         f"almost pure noise, or press play.{shown}",
          lambda: figures.denoising(trace, word, steps=frames, vae=vae)),
         ("Where each word looks",
          "Each word's cross-attention, averaged over all steps and layers, over the final image. Bright: the "
-         "pixels that read this word.", lambda: figures.word_grid(trace)),
+         "pixels that read this word. A word that occurs twice is one map with both occurrences summed, as "
+         "trace.word_heatmap(word) gives it.", lambda: figures.word_grid(trace, per_page=GRID_PAGE)),
         ("When each word matters",
          "Each word's share of the attention the prompt's words receive, per step. Words that act early "
          "shape the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
@@ -102,6 +106,7 @@ def _figure_html(fig: go.Figure, div_id: str) -> str:
 
 def _page(trace: Trace, parts: list[str]) -> str:
     rows = [("prompt", trace.prompt), ("negative prompt", trace.negative_prompt or "(none)"),
+            *[("judge", v) for v in [classroom_verdict(trace)] if v],
             ("model", trace.model.get("name") or trace.model.get("pipeline", "?")),
             ("scheduler", f"{trace.scheduler.get('name', '?')}, {trace.num_steps} steps"),
             ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"),
@@ -120,3 +125,39 @@ def _page(trace: Trace, parts: list[str]) -> str:
 <p class="meta">Made with diffviz {__version__}. Works offline: everything is in this file.</p>
 </body></html>
 """
+
+
+def classroom_verdict(trace: Trace) -> str | None:
+    """For a trace of the classroom model, what ``diffviz.classroom.judge`` sees in its image beside what
+    was asked: "✗ drawn: a red square left of a blue circle; asked: a red circle left of a blue square".
+    None for other models, traces without an image, and prompts outside the classroom grammar."""
+    name = str(trace.model.get("name", "")).replace("\\", "/").rstrip("/")
+    if trace.image is None or not name.endswith("classroom/weights"):
+        return None
+    from ..classroom import parse_caption
+    from ..classroom.judge import judge
+
+    try:
+        parse_caption(trace.prompt)
+    except ValueError:
+        return None
+    verdict = judge(trace.prompt, trace.image.numpy())
+    drawn = _drawn(verdict["found"])
+    if verdict["correct"]:
+        return f"✓ drawn as asked: {drawn}"
+    return f"✗ drawn: {drawn}; asked: {trace.prompt}"
+
+
+def _drawn(found: list) -> str:
+    """The judge's objects as a caption: "a red square", "a red square left of a blue circle"."""
+    names = [f"a {o.colour} {o.shape}" for o in found]
+    if not found:
+        return "no shape it recognises"
+    if len(found) != 2:
+        return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    (ax, ay), (bx, by) = found[0].centre, found[1].centre
+    if abs(ax - bx) >= abs(ay - by):
+        first, second = (0, 1) if ax <= bx else (1, 0)
+        return f"{names[first]} left of {names[second]}"
+    first, second = (0, 1) if ay <= by else (1, 0)
+    return f"{names[first]} above {names[second]}"
