@@ -125,8 +125,8 @@ def _item(item_id: str, row: dict, defaults: dict, where: str) -> Item:
         raise BatchError(f"{where}: the prompt is empty; remove the row or write a prompt.")
     item = Item(item_id, prompt, value("seed", int), value("steps", int), value("guidance", float),
                 value("negative_prompt", str))
-    if item.seed < 0:
-        raise BatchError(f"{where}: seed must be 0 or more, not {item.seed}.")
+    if not 0 <= item.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise BatchError(f"{where}: seed must be between 0 and {2**64 - 1}, not {item.seed}.")
     if not 1 <= item.steps <= 1000:
         raise BatchError(f"{where}: steps must be between 1 and 1000, not {item.steps}.")
     if not 0 <= item.guidance <= 100:
@@ -273,7 +273,7 @@ def _schema():
     import pyarrow as pa
 
     return pa.schema([
-        ("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.int64()),
+        ("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.uint64()),
         ("steps", pa.int64()), ("guidance", pa.float64()), ("words", pa.list_(pa.string())), ("file", pa.string()),
         ("bytes", pa.int64()), ("seconds", pa.float64()), ("status", pa.string()), ("error", pa.string()),
         ("rank", pa.int64()), ("finished", pa.timestamp("us", tz="UTC")),

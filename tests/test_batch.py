@@ -102,6 +102,9 @@ def test_prompt_files_text_csv_and_jsonl(tmp_path):
     (tmp_path / "bad2.csv").write_text("prompt,seed\na red circle,three\n")
     with pytest.raises(batch.BatchError, match=r"bad2.csv:2: seed 'three' is not an integer"):
         batch.read_prompts(tmp_path / "bad2.csv")
+    (tmp_path / "big.jsonl").write_text(json.dumps({"prompt": "a cat", "seed": 2**64}) + "\n")
+    with pytest.raises(batch.BatchError, match=r"big.jsonl:1: seed must be between 0 and 18446744073709551615"):
+        batch.read_prompts(tmp_path / "big.jsonl")
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(batch.BatchError, match="holds no prompts"):
         batch.read_prompts(tmp_path / "empty.txt")
@@ -232,23 +235,26 @@ def test_study_has_a_row_per_item_and_word_with_the_metrics(studied):
 
 def test_study_iou_and_judge_columns_match_the_trace(classroom, studied):
     _, df = studied
-    tr = traced_image(classroom, PAIR, 1, 12)
-    verdict = judge(PAIR, tr.image.numpy())
-    rows = df[df["id"] == "000000"]
-    assert rows["relation"].iloc[0] == "above" and rows["relation_ok"].iloc[0] == verdict["relation_ok"]
-    assert rows["correct"].iloc[0] == verdict["correct"]
     found = 0
-    for wi, obj in [(1, 0), (2, 0), (5, 1), (6, 1)]:  # blue square / yellow circle
-        if verdict["matched"][obj] is None:
-            assert np.isnan(rows["iou"].iloc[wi])
-            continue
-        mask = verdict["matched"][obj].mask
-        for col, steps in [("iou", None), ("iou_w2", slice(8, 12))]:
-            heat = tr.word_heatmap(wi, steps=steps).numpy()
-            hit = heat >= 0.4 * heat.max()
-            assert rows[col].iloc[wi] == pytest.approx((hit & mask).sum() / (hit | mask).sum(), abs=0.03)
-        found += 1
-    assert found >= 2  # the prompt and seed are chosen so the judge finds at least one object
+    for item, prompt, objects in [("000000", PAIR, [(1, 0), (2, 0), (5, 1), (6, 1)]),
+                                  ("000001", SINGLE, [(1, 0), (2, 0), (3, 0)])]:
+        tr = traced_image(classroom, prompt, 1, 12)
+        verdict = judge(prompt, tr.image.numpy())
+        rows = df[df["id"] == item]
+        assert rows["correct"].iloc[0] == verdict["correct"]
+        assert rows["relation_ok"].iloc[0] == verdict["relation_ok"] or verdict["relation_ok"] is None
+        for wi, obj in objects:  # (word index, its object)
+            if verdict["matched"][obj] is None:
+                assert np.isnan(rows["iou"].iloc[wi])
+                continue
+            mask = verdict["matched"][obj].mask
+            for col, steps in [("iou", None), ("iou_w2", slice(8, 12))]:
+                heat = tr.word_heatmap(wi, steps=steps).numpy()
+                hit = heat >= 0.4 * heat.max()
+                assert rows[col].iloc[wi] == pytest.approx((hit & mask).sum() / (hit | mask).sum(), abs=0.03)
+            found += 1
+    assert df.loc[df["id"] == "000000", "relation"].iloc[0] == "above"
+    assert found >= 2  # the judge found at least one object: the comparison ran
 
 
 def test_study_reads_full_traces_as_summaries(classroom, studied, tmp_path):
@@ -276,6 +282,9 @@ def test_cli_batch_and_study_report(studied, tmp_path, capsys):
     assert out == f"index: {(tmp_path / 'o' / 'index.parquet').resolve()}\n" and err == ""
     assert main(["batch", str(prompts), "--out", str(tmp_path / "o"), "--steps", "2"]) == 0
     assert "rank 0: 0 items run, 1 already done, 0 failed" in capsys.readouterr().err
+    biggest = 2**64 - 1  # the largest seed torch takes, past int64
+    assert main(["batch", str(prompts), "--out", str(tmp_path / "big"), "--steps", "2", "-q", "--seed", str(biggest)]) == 0
+    assert pd.read_parquet(tmp_path / "big" / "index.parquet")["seed"].tolist() == [biggest]
     assert main(["batch", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")]) == 1
     assert "no prompt file at" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
