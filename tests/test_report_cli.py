@@ -89,8 +89,9 @@ def test_a_classroom_report_shows_the_judges_verdict(tmp_path):
     from diffviz.classroom import data
 
     pipe = diffviz.classroom.load_pipeline()
-    with diffviz.trace(pipe) as tr:
+    with diffviz.trace(pipe) as run:
         pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    tr = run.trace
     side = tr.height
     objects = [data.Obj("square", "red", "large"), data.Obj("circle", "blue", "large")]
     scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
