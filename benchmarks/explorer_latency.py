@@ -6,8 +6,10 @@ Traces a tiny random-weight SD pipeline (64x64, 25 DDIM steps, every head kept) 
 gives a saved trace (or --sd15 a random one with Stable Diffusion 1.5's shapes: 512x512 px, 16
 layers from 64x64 to 8x8, 11 words, 50 steps, head mean), builds ``diffviz.explore(trace)`` and
 times each kind of interaction as the kernel sees it: setting a control's value runs its
-observer, which recomputes from the trace and updates the FigureWidget, synchronously. What the
-browser then needs to redraw is not included (tests/test_browser.py prints that end to end).
+observer, which recomputes from the trace and updates the FigureWidget, synchronously; "play
+(frames)" is what pressing play costs the kernel (every step of the selection, sent once; the page
+then plays them alone), and "(compare)" an explorer of two traces. What the browser then needs to
+redraw is not included (tests/test_browser.py prints that end to end, and a step of play).
 Then writes the report and prints its size.
 """
 
@@ -90,7 +92,7 @@ def main() -> None:
     words = [w for w in words if max(w) < len(tr.words)]
     layers = [v for _, v in app.layers.options]
     results: dict[str, list[float]] = {}
-    results["step, first visit"] = timed(app.step, list(range(1, n)) + [0])  # encodes each step's PNGs once
+    results["step, first visit"] = timed(app.step, list(range(1, n)) + [0])  # PNGs were encoded at build
     results["step (play)"] = timed(app.step, list(range(n)) * args.reps)
     results["step (jumps)"] = timed(app.step, [(k * 7) % n for k in range(n)] * args.reps)
     results["words"] = timed(app.words, words * args.reps)
@@ -100,6 +102,16 @@ def main() -> None:
     if len(heads) > 1:
         results["head"] = timed(app.heads, heads * args.reps)
     results["opacity"] = timed(app.opacity, [0.1 * k for k in range(11)] * args.reps)
+    results["colour scale"] = timed(app.scale, ["fit", "fixed"] * (2 * args.reps))
+    play_ms = []
+    for _ in range(args.reps):  # what pressing play costs the kernel: every step's frame for the page
+        t0 = time.perf_counter()
+        app.frames()
+        play_ms.append((time.perf_counter() - t0) * 1000)
+    results["play (frames)"] = play_ms
+    both = explore(tr, compare=tr)  # two rows on one slider (the same trace twice: the same shapes)
+    results["step (compare)"] = timed(both.step, list(range(n)) * args.reps)
+    results["words (compare)"] = timed(both.words, words * args.reps)
 
     print(f"explorer on {tr!r}")
     print(f"  torch threads {torch.get_num_threads()} (updates run on one), "

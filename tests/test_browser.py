@@ -12,10 +12,12 @@ Select with ``-m browser``, skip with ``-m "not browser"``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +37,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 # the first x0 image of a plot (go.Image traces are drawn as SVG <image> elements)
 FIRST_IMAGE_HREF = "el => el.querySelector('g.imagelayer image, image').getAttribute('href')"
+# in a notebook page: the explorer figure's title, and its first image
+PLOT = "document.querySelector('.jp-OutputArea .js-plotly-plot')"
+TITLE = f"{PLOT}.querySelector('.gtitle').textContent"
+FIRST_IMAGE = f"{PLOT}.querySelector('g.imagelayer image, image').getAttribute('href')"
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +147,11 @@ def jupyterlab(traced, sd_pipe, tmp_path_factory):
     write_notebook(root / "compare.ipynb", [
         load, "other = diffviz.load_trace('other.dvz')",
         "app = diffviz.explore(trace, ['red'], compare=other)\napp"])
+    # explore.ipynb run and saved with its outputs (as a student or the course saves it), no widget state
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    saved = nbformat.read(root / "explore.ipynb", as_version=4)
+    nbclient.NotebookClient(saved, timeout=120, resources={"metadata": {"path": str(root)}}).execute()
+    nbformat.write(saved, root / "saved.ipynb")
     home = tmp_path_factory.mktemp("jupyter-home")
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
@@ -215,6 +226,9 @@ def test_explorer_first_frame_shows_the_image_under_a_half_transparent_map_at_fu
     slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="opacity")
     assert opacity == pytest.approx(float(slider.locator(".widget-readout").inner_text()))
     assert opacity == pytest.approx(0.6)
+    # the still picture above the app, for saved notebooks, is hidden while the app is alive
+    assert page.locator("img[alt^='diffviz explorer']").count() == 1
+    assert not page.locator("img[alt^='diffviz explorer']").is_visible()
     # and the figure fills the output area (it must not wait for a first interaction to resize)
     page.wait_for_timeout(1500)
     width, room = plot.evaluate(WIDTHS)
@@ -226,27 +240,65 @@ def test_explorer_first_frame_shows_the_image_under_a_half_transparent_map_at_fu
     page.context.close()
 
 
+def test_a_saved_notebook_shows_a_still_of_the_explorer_without_a_kernel(browser, jupyterlab, screenshots):
+    base, token = jupyterlab
+    page, blocked = offline_page(browser, allowed_host=base.split("/")[2], height=1300, width=1400)
+    page.goto(f"{base}/lab/tree/saved.ipynb?reset&token={token}")
+    still = page.locator(".jp-OutputArea img[alt^='diffviz explorer']")
+    still.wait_for(state="visible", timeout=90_000)
+    box = still.bounding_box()
+    assert box["width"] > 300 and box["height"] > 60
+    assert "run the cell to explore" in page.locator(".jp-OutputArea").last.inner_text()
+    page.screenshot(path=str(screenshots / "explorer_saved.png"), full_page=True)
+    assert blocked == [], f"JupyterLab tried to reach the network: {blocked[:5]}"
+    page.context.close()
+
+
 def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyterlab, screenshots):
     page, blocked, plot = open_notebook(browser, jupyterlab, "explore.ipynb")
     before = plot.evaluate(FIRST_IMAGE_HREF)
     assert before.startswith("data:image/png;base64,")
     assert "step 0 of 3" in plot.locator(".gtitle").text_content()
 
-    # move the step slider with the keyboard, as a user can: two steps to the right
+    # move the step slider with the keyboard, as a user can: one step, then one more, timed in the page
+    # from the key press to the figure showing the step (title and image)
     slider = page.locator(".jp-OutputArea .widget-slider").filter(has_text="step")
     handle = slider.locator(".noUi-handle")
     handle.focus()
     handle.press("ArrowRight")
+    page.wait_for_function(f"{TITLE}.includes('step 1 of 3')", timeout=20_000)
+    moved = plot.evaluate(FIRST_IMAGE_HREF)
+    assert moved != before
+    page.evaluate(f"""() => {{ window.timing = {{}};
+        document.addEventListener('keydown', () => {{ window.timing.pressed = performance.now(); }},
+                                  {{capture: true, once: true}});
+        const poll = () => {{ if ({TITLE}.includes('step 2 of 3') && {FIRST_IMAGE} !== {json.dumps(moved)})
+            window.timing.shown = performance.now(); else requestAnimationFrame(poll); }};
+        poll(); }}""")
     handle.press("ArrowRight")
     assert slider.locator(".widget-readout").inner_text().strip() == "2"
-    pressed = time.perf_counter()
-    page.wait_for_function(f"""() => document.querySelector('.jp-OutputArea .js-plotly-plot')
-        .querySelector('g.imagelayer image, image').getAttribute('href') !== {json.dumps(before)}""",
-        timeout=20_000, polling=10)
-    took = 1000 * (time.perf_counter() - pressed)
-    print(f"explorer: slider move to redrawn figure in the browser, {took:.0f} ms")
-    page.wait_for_function("""() => document.querySelector('.jp-OutputArea .js-plotly-plot .gtitle')
-        .textContent.includes('step 2 of 3')""", timeout=20_000)
+    page.wait_for_function("window.timing.shown", timeout=20_000)
+    took = page.evaluate("window.timing.shown - window.timing.pressed")
+    print(f"explorer: slider key press to redrawn figure in the browser, {took:.0f} ms")
+
+    # play from step 0: the page draws the steps itself (the kernel only hears where it is)
+    handle.press("Home")
+    page.wait_for_function(f"{TITLE}.includes('step 0 of 3')", timeout=20_000)
+    page.evaluate(f"""() => {{ window.shown = []; let last = null;
+        const poll = () => {{ const t = {TITLE};
+            if (t !== last) {{ window.shown.push([performance.now(), t]); last = t; }}
+            if (!t.includes('step 3 of 3')) requestAnimationFrame(poll); }};
+        poll(); }}""")
+    page.locator(".jp-OutputArea button").filter(has_text="play").click()
+    page.wait_for_function(f"{TITLE}.includes('step 3 of 3')", timeout=10_000)
+    page.locator(".jp-OutputArea button").filter(has_text="▶ play").wait_for(timeout=10_000)
+    shown = page.evaluate("window.shown")
+    steps = [title.split(" · ")[-1].split(" (")[0] for _, title in shown]
+    assert steps == [f"step {s} of 3" for s in range(4)]
+    page.wait_for_function("() => document.querySelector('.jp-OutputArea .widget-slider .widget-readout')"
+                           ".textContent.trim() === '3'", timeout=10_000)  # the slider followed
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(shown[1:])]
+    print(f"explorer: play shows a step every {statistics.median(gaps):.0f} ms (median)")
 
     shot = screenshots / "explorer.png"
     page.screenshot(path=str(shot), full_page=True)

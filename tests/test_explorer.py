@@ -66,7 +66,6 @@ def test_explore_is_a_widget_app_with_the_controls_and_a_figure_widget(app, head
     assert isinstance(app, widgets.VBox) and isinstance(app.figure, go.FigureWidget)
     assert app.figure in app.children
     assert (app.step.min, app.step.max) == (0, heads_trace.num_steps - 1)
-    assert app.play.max == heads_trace.num_steps - 1
     assert [label for label, _ in app.words.options] == ["a", "red", "circle", "left", "of", "a #2", "blue",
                                                          "square"]
     assert app.words.rows == len(heads_trace.words)  # every word visible, no scrolling
@@ -119,6 +118,43 @@ def test_moving_the_step_redraws_x0_noisy_latent_heat_map_and_marker(app, heads_
     np.testing.assert_allclose(heat(app), expected(heads_trace, "red")[3], atol=1e-6)
     assert fig.layout.shapes[0].x0 == fig.layout.shapes[0].x1 == 3
     assert "step 3 of 4" in fig.layout.title.text
+
+
+def test_play_hands_the_page_every_step_of_the_selection_and_the_slider_follows(app, heads_trace):
+    app.words.value = (1, 6)
+    app.step.value = 1
+    app.play.value = True
+    page = app._page
+    assert page.playing and page.step == 1 and app.play.description == "❚❚ pause"
+    frames = page.frames
+    assert frames["images"] == [X0, NOISY] and frames["heat"] == [HEAT]
+    assert len(frames["steps"]) == heads_trace.num_steps
+    third = frames["steps"][3]
+    np.testing.assert_array_equal(png_array(third["sources"][0]), heads_trace.preview(3).numpy())
+    noisy = heads_trace.preview(3, of="latents").numpy()
+    np.testing.assert_array_equal(png_array(third["sources"][1]), noisy)
+    np.testing.assert_allclose(third["z"][0], expected(heads_trace, [1, 6])[3], atol=1e-5)
+    assert "step 3 of 4" in third["title"]
+    # the page draws the steps and reports them: the slider follows, the kernel draws nothing meanwhile
+    sent = []
+    app.figure.observe(lambda change: sent.append(change["new"]), ["_py2js_restyle", "_py2js_update"])
+    page.step = 3
+    assert app.step.value == 3 and not [m for m in sent if m]
+    page.playing = False  # the page reached the end, or was paused
+    assert not app.play.value and app.play.description == "▶ play"
+    np.testing.assert_array_equal(png_array(app.figure.data[X0].source), heads_trace.preview(3).numpy())
+
+
+def test_a_still_picture_for_notebooks_saved_without_the_app(app, heads_trace):
+    still = app.still()
+    assert "run the cell to explore" in still["text/plain"] and "“red”" in still["text/plain"]
+    assert still["text/html"].count("<img alt='diffviz explorer") == 1
+    picture = png_array("data:image/png;base64," + still["image/png"])
+    side = heads_trace.width * (160 // heads_trace.width)  # x0, noisy input, final image, heat map over it
+    assert picture.shape == (side, 4 * side + 3 * 2, 3)
+    k = side // heads_trace.width
+    final = np.repeat(np.repeat(heads_trace.image.numpy(), k, 0), k, 1)
+    np.testing.assert_array_equal(picture[:, 2 * (side + 2): 2 * (side + 2) + side], final)
 
 
 def test_several_words_are_summed_and_drawn_in_their_colours(app, heads_trace):

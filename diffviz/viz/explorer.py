@@ -13,6 +13,7 @@ import functools
 from typing import Sequence
 
 import ipywidgets as widgets
+import numpy as np
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -20,6 +21,7 @@ from plotly.subplots import make_subplots
 from .. import heatmap
 from ..trace import Trace
 from . import _draw as d
+from . import pictures
 
 # traces of one row of panels, in figure order: a row holds PER_ROW traces
 X0, NOISY, FINAL, UNDER, HEAT = range(5)
@@ -35,6 +37,8 @@ COLOUR_WORDS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f5fd6", "yellow
                 "purple": "#8e44ad", "orange": "#f28e1c", "pink": "#e377c2", "brown": "#8c564b",
                 "black": "#000000", "white": "#c9c9c9", "grey": "#7f7f7f", "gray": "#7f7f7f",
                 "cyan": "#17becf", "magenta": "#d62ad6"}
+PLAY_MS = 100  # a step's time on screen while playing (the page plays, no kernel round trip)
+HINT = "diffviz explorer (an ipywidgets app): run the cell, with a kernel, to explore."
 
 
 class Explorer(widgets.VBox):
@@ -74,10 +78,10 @@ class Explorer(widgets.VBox):
         self.step = widgets.IntSlider(0, 0, n - 1, description="step", continuous_update=True,
                                       layout=widgets.Layout(width="420px"),
                                       tooltip=f"denoising step, 0 (pure noise) to {n - 1} (the last)")
-        self.play = widgets.Play(value=0, min=0, max=n - 1, interval=150, description="play",
-                                 show_repeat=False,
-                                 tooltip="▶ play the steps, ❚❚ pause, ■ stop and go back to step 0")
-        widgets.jslink((self.play, "value"), (self.step, "value"))
+        self.play = widgets.ToggleButton(False, description="▶ play", layout=widgets.Layout(width="90px"),
+                                         tooltip="play the steps in the page, from this one (from 0 at the "
+                                                 "end); click again to pause")
+        self._page = _page_helper()  # plays the steps in the page, without a round trip per step
         self.words = widgets.SelectMultiple(
             options=[(label, i) for i, label in enumerate(labels)], value=tuple(picked), rows=len(labels),
             description="words", tooltip="click a word; Ctrl-click (⌘-click on a Mac) to add or remove "
@@ -117,7 +121,10 @@ class Explorer(widgets.VBox):
         controls = widgets.HBox([widgets.VBox([self.words, hint]),
                                  widgets.VBox([self.layers, self.layer_hover, self.heads, self.opacity,
                                                self.scale])])
-        super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure, _page_helper()])
+        self.play.observe(lambda _: self._on_play(), "value")
+        self._page.observe(lambda _: self._on_page_step(), "step")
+        self._page.observe(lambda _: self._on_page_playing(), "playing")
+        super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure, self._page])
         self.add_class("diffviz-explorer")
 
     # ---- drawing --------------------------------------------------------------------------------------
@@ -195,7 +202,7 @@ class Explorer(widgets.VBox):
             self._zmax = max((float(m.max()) for m in self._maps if m is not None), default=1.0) or 1.0
 
     def _show_step(self) -> None:
-        s, fig, tr = self.step.value, self.figure, self.trace
+        s, fig = self.step.value, self.figure
         # only images' sources and heat maps' z in one update: see _draw_lines
         with fig.batch_update():
             for r in range(len(self.traces)):
@@ -203,8 +210,12 @@ class Explorer(widgets.VBox):
                 fig.data[r * PER_ROW + NOISY].source = self._pictures[r, "latents", s]
             self._draw_heat()
             fig.layout.shapes[0].update(x0=s, x1=s)
-            where = "" if len(self.traces) > 1 else f"“{tr.prompt}”, {_run_words(tr)} · "
-            fig.layout.title.text = f"{where}step {s} of {tr.num_steps - 1} (t={float(tr.timesteps[s]):g})"
+            fig.layout.title.text = self._title(s)
+
+    def _title(self, s: int) -> str:
+        tr = self.trace
+        where = "" if len(self.traces) > 1 else f"“{tr.prompt}”, {_run_words(tr)} · "
+        return f"{where}step {s} of {tr.num_steps - 1} (t={float(tr.timesteps[s]):g})"
 
     def _draw_heat(self) -> None:
         s, fig = self.step.value, self.figure
@@ -274,10 +285,78 @@ class Explorer(widgets.VBox):
             self._strongest[key] = max(_word_peak(t, self._layers, self._heads) for t in self.traces) or 1.0
         return self._strongest[key]
 
+    # ---- in a notebook ------------------------------------------------------------------------------------
+    def _ipython_display_(self) -> None:
+        """A still of the current frame with a one-line hint, then the app. A notebook saved with
+        its outputs and opened without a kernel has no app to show ("Error displaying widget: model
+        not found"): the still shows there instead; with the app alive, the page helper hides it."""
+        from IPython.display import display
+
+        display(self.still(), raw=True)
+        display({**self._repr_mimebundle_(), "text/plain": HINT}, raw=True)
+
+    def still(self) -> dict[str, str]:
+        """{"text/html", "image/png", "text/plain"}: a PNG of the current frame (one row of x0, noisy
+        input, final image and the heat map over it per trace) under a one-line hint."""
+        rows = []
+        for r, tr in enumerate(self.traces):
+            s, image = self.step.value, d.final_image(tr).numpy()
+            z = torch.zeros(1, 1) if self._maps[r] is None else self._maps[r][s] / self._zmax
+            heat = pictures.colorize(heatmap.upsample(z, (tr.height, tr.width)).clamp(0, 1))
+            over = (1 - self.opacity.value) * image + self.opacity.value * heat
+            rows.append(pictures.strip([tr.preview(s), tr.preview(s, of="latents"), image,
+                                        over.round().astype(np.uint8)], scale=max(1, 160 // tr.width)))
+        height = sum(r.height for r in rows) + 4 * (len(rows) - 1)
+        still = np.full((height, max(r.width for r in rows), 3), 255, np.uint8)
+        y = 0
+        for row in rows:
+            still[y: y + row.height, : row.width] = np.asarray(row)
+            y += row.height + 4
+        uri = d.png_uri(still, max_side=2048)
+        words = d.words_title(self.trace, list(self.words.value)) or "no word"
+        caption = (f"diffviz explorer, step {self.step.value}: x0, noisy input, final image, {words} over "
+                   "it. A still picture: run the cell to explore.")
+        return {"text/html": f"<p>{caption}</p><img alt='diffviz explorer (still)' src='{uri}'>",
+                "image/png": uri.split(",", 1)[1], "text/plain": caption}
+
     # ---- events ------------------------------------------------------------------------------------------
     @d.one_thread
     def _on_step(self) -> None:
-        self._show_step()
+        if not self._page.playing:  # while the page plays, it draws the steps itself
+            self._show_step()
+
+    def _on_play(self) -> None:
+        self.play.description = "❚❚ pause" if self.play.value else "▶ play"
+        if self.play.value and not self._page.playing:
+            self._page.frames = self.frames()
+            self._page.step = self.step.value
+            self._page.playing = True
+        elif not self.play.value:
+            self._page.playing = False
+
+    def _on_page_step(self) -> None:
+        self.step.value = self._page.step  # the slider follows the page's animation
+
+    @d.one_thread
+    def _on_page_playing(self) -> None:
+        if not self._page.playing:  # it stopped: at the end, or paused
+            self.play.value = False
+            self._show_step()  # the figure holds what the page drew; this only syncs stragglers
+
+    def frames(self) -> dict:
+        """Everything the page needs to play the steps of the current selection without asking
+        the kernel: per step, the x0 and noisy-input pictures and the heat maps of every row, the
+        title; and which figure traces take them."""
+        rows, n = range(len(self.traces)), self.trace.num_steps
+        images = [r * PER_ROW + k for r in rows for k in (X0, NOISY)]
+        z = [None if m is None else np.round(m.numpy(), 5) for m in self._maps]
+        steps = []
+        for s in range(n):
+            steps.append({
+                "sources": [self._pictures[r, of, s] for r in rows for of in ("x0", "latents")],
+                "z": [self._blank(self.traces[r]) if z[r] is None else z[r][s].tolist() for r in rows],
+                "title": self._title(s)})
+        return {"images": images, "heat": [r * PER_ROW + HEAT for r in rows], "steps": steps}
 
     @d.one_thread
     def _on_selection(self) -> None:
@@ -325,7 +404,7 @@ class Explorer(widgets.VBox):
 # Runs in the page, in a hidden widget of the explorer. plotly's widget (an anywidget) draws its
 # figure before the notebook has laid out the output, so plotly falls back to 700 px, and nothing
 # resizes it later: when a figure's width differs from its box, resize it (window.Plotly is set by
-# plotly's widget bundle).
+# plotly's widget bundle). And it hides the still picture shown above a live app.
 _PAGE_JS = """
 function fit(box) {
   for (const gd of box.querySelectorAll(".js-plotly-plot")) {
@@ -336,8 +415,12 @@ function fit(box) {
   }
 }
 export default {
-  render({ el }) {
+  render({ model, el }) {
     el.style.display = "none";
+    // the still picture shown just before the app is for saved notebooks: hide it while the app is alive
+    const output = el.closest(".jp-OutputArea-child, .output_area");
+    const still = output && output.previousElementSibling;
+    if (still && still.querySelector("img[alt^='diffviz explorer']")) still.style.display = "none";
     let box = null;
     const check = () => requestAnimationFrame(() => {
       box = box || el.closest(".diffviz-explorer");
@@ -350,7 +433,50 @@ export default {
       check();
     });
     document.addEventListener("plotlywidget-after-render", check);
-    return () => { watch.disconnect(); document.removeEventListener("plotlywidget-after-render", check); };
+    // play: draw each step from the frames the kernel sent, with plotly.js, here; tell the kernel the
+    // step (the slider follows) and when it stops
+    let timer = null;
+    const stop = () => { if (timer !== null) { clearInterval(timer); timer = null; } };
+    const play = () => {
+      stop();
+      const f = model.get("frames");
+      box = box || el.closest(".diffviz-explorer");
+      const gd = box && box.querySelector(".js-plotly-plot");
+      if (!f || !f.steps || !gd || !window.Plotly) {
+        model.set("playing", false);
+        model.save_changes();
+        return;
+      }
+      let s = model.get("step");
+      if (s >= f.steps.length - 1) s = 0;
+      const show = () => {
+        const frame = f.steps[s];
+        window.Plotly.restyle(gd, { source: frame.sources }, f.images);
+        window.Plotly.restyle(gd, { z: frame.z }, f.heat);
+        window.Plotly.relayout(gd, { "title.text": frame.title, "shapes[0].x0": s, "shapes[0].x1": s });
+        model.set("step", s);
+        model.save_changes();
+      };
+      show();
+      timer = setInterval(() => {
+        if (!model.get("playing") || s >= f.steps.length - 1) {
+          stop();
+          model.set("playing", false);
+          model.save_changes();
+          return;
+        }
+        s += 1;
+        show();
+      }, model.get("interval"));
+    };
+    const onPlaying = () => (model.get("playing") ? play() : stop());
+    model.on("change:playing", onPlaying);
+    return () => {
+      stop();
+      model.off("change:playing", onPlaying);
+      watch.disconnect();
+      document.removeEventListener("plotlywidget-after-render", check);
+    };
   },
 };
 """
@@ -359,12 +485,19 @@ export default {
 @functools.cache
 def _page_helper_class() -> type:
     import anywidget  # plotly's FigureWidget needs it too
+    import traitlets
 
-    return type("ExplorerPage", (anywidget.AnyWidget,), {"_esm": _PAGE_JS})
+    return type("ExplorerPage", (anywidget.AnyWidget,), {
+        "_esm": _PAGE_JS,
+        "frames": traitlets.Dict().tag(sync=True),  # Explorer.frames(), sent when play starts
+        "playing": traitlets.Bool(False).tag(sync=True),
+        "step": traitlets.Int(0).tag(sync=True),
+        "interval": traitlets.Int(PLAY_MS).tag(sync=True),  # ms a step is shown
+    })
 
 
 def _page_helper() -> widgets.DOMWidget:
-    """A hidden widget whose script keeps the explorer's figure as wide as its box."""
+    """A hidden widget whose script keeps the explorer's figure as wide as its box and plays the steps."""
     return _page_helper_class()()
 
 
