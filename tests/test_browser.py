@@ -227,8 +227,9 @@ def test_explorer_first_frame_shows_the_image_under_a_half_transparent_map_at_fu
     assert opacity == pytest.approx(float(slider.locator(".widget-readout").inner_text()))
     assert opacity == pytest.approx(0.6)
     # the still picture above the app, for saved notebooks, is hidden while the app is alive
-    assert page.locator("img[alt^='diffviz explorer']").count() == 1
-    assert not page.locator("img[alt^='diffviz explorer']").is_visible()
+    still = page.locator("img[alt^='diffviz explorer']")
+    assert still.count() == 1
+    still.wait_for(state="hidden", timeout=5_000)
     # and the figure fills the output area (it must not wait for a first interaction to resize)
     page.wait_for_timeout(1500)
     width, room = plot.evaluate(WIDTHS)

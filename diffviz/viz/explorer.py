@@ -418,11 +418,15 @@ export default {
   render({ model, el }) {
     el.style.display = "none";
     // the still picture shown just before the app is for saved notebooks: hide it while the app is alive
-    const output = el.closest(".jp-OutputArea-child, .output_area");
-    const still = output && output.previousElementSibling;
-    if (still && still.querySelector("img[alt^='diffviz explorer']")) still.style.display = "none";
+    // (render may run before the app is in the page: try again at each check)
+    const hideStill = () => {
+      const output = el.closest(".jp-OutputArea-child, .output_area");
+      const still = output && output.previousElementSibling;
+      if (still && still.querySelector("img[alt^='diffviz explorer']")) still.style.display = "none";
+    };
     let box = null;
     const check = () => requestAnimationFrame(() => {
+      hideStill();
       box = box || el.closest(".diffviz-explorer");
       if (box) fit(box);
     });
