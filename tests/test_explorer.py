@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
@@ -272,11 +274,11 @@ def test_compare_two_traces_on_one_step_slider(heads_trace, other_trace):
     assert any(t and t.startswith("<b>B</b>: “a blue circle above a red square”") for t in texts(app))
     with pytest.raises(ValueError, match="as many steps"):
         explore(heads_trace, compare=_shorter(other_trace))
+    with pytest.raises(ValueError, match="same layers"):
+        explore(heads_trace, compare=dataclasses.replace(other_trace, layers=other_trace.layers[:2]))
 
 
 def _shorter(trace):
-    import dataclasses
-
     return dataclasses.replace(trace, timesteps=trace.timesteps[:3])
 
 

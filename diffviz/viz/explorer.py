@@ -60,6 +60,9 @@ class Explorer(widgets.VBox):
         if compare is not None and compare.num_steps != trace.num_steps:
             raise ValueError(f"compare needs two traces with as many steps: {trace.num_steps} and "
                              f"{compare.num_steps}. Trace both with the same num_inference_steps.")
+        if compare is not None and [l.name for l in compare.layers] != [l.name for l in trace.layers]:
+            raise ValueError("compare needs two traces of the same layers (one model, captured with the same "
+                             "layers=): these two hold different ones.")
         if scale not in (FIXED, FIT):
             raise ValueError(f"scale must be {FIXED!r} (one colour scale for every word) or {FIT!r} "
                              f"(fitted to the picked words), not {scale!r}.")
