@@ -54,12 +54,15 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     tensors = {k: getattr(trace, k) for k in _TENSORS if getattr(trace, k) is not None}
     tensors |= {f"attn/{n}": m for n, m in trace.attn.items()}
     tensors |= {f"attn_uncond/{n}": m for n, m in trace.attn_uncond.items()}
+    tensors |= {f"self_attn/{n}": m for n, m in trace.self_attn.items()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "diffviz_version": __version__,
         "prompt": trace.prompt, "negative_prompt": trace.negative_prompt, "words": trace.words,
         "tokens": [[t.position, t.text, t.word] + ([t.encoder] if t.encoder else []) for t in trace.tokens],
         "layers": [[l.name, list(l.size), l.heads, l.label, l.block] for l in trace.layers],
+        "queries": trace.queries,
+        "self_layers": [[l.name, list(l.size), l.heads, l.label, l.block] for l in trace.self_layers],
         "height": trace.height, "width": trace.width, "guidance_scale": trace.guidance_scale,
         "model": trace.model, "scheduler": trace.scheduler, "options": trace.options,
     }
@@ -112,6 +115,9 @@ def load_trace(path: str | Path) -> Trace:
                          if k.startswith("attn_uncond/")},
             image=tensors.get("image"), preview_weight=tensors.get("preview_weight"),
             model=meta["model"], scheduler=meta["scheduler"], options=meta["options"],
+            queries=meta.get("queries", []),
+            self_layers=[Layer(n, tuple(s), h, *rest) for n, s, h, *rest in meta.get("self_layers", [])],
+            self_attn={k.removeprefix("self_attn/"): v for k, v in tensors.items() if k.startswith("self_attn/")},
         )
     except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
         raise TraceFileError(f"{str(path)!r} is missing part of a trace ({type(err).__name__}: {err}); it was "

@@ -110,6 +110,10 @@ class Trace:
     model: dict = field(default_factory=dict)  # name, pipeline class, config hash
     scheduler: dict = field(default_factory=dict)  # class name and config
     options: dict = field(default_factory=dict)  # how it was captured
+    # self-attention on request (trace(pipe, queries=...)): where chosen pixels or boxes look, image to image
+    queries: list[list[float]] = field(default_factory=list)  # [x, y] pixel or [x0, y0, x1, y1] box, image px
+    self_layers: list[Layer] = field(default_factory=list)  # the self-attention modules, in run order
+    self_attn: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> [step, head, query, h, w]
 
     # ---- shape of the trace -------------------------------------------------------------------
     @property
@@ -127,7 +131,8 @@ class Trace:
     def nbytes(self) -> int:
         """Bytes held by the trace's tensors (what a saved file costs, to a few kB of metadata)."""
         tensors = [self.timesteps, self.alpha_bar, self.sigma, self.latents, self.x0, self.noise_cond,
-                   self.noise_uncond, self.image, self.preview_weight, *self.attn.values(), *self.attn_uncond.values()]
+                   self.noise_uncond, self.image, self.preview_weight, *self.attn.values(), *self.attn_uncond.values(),
+                   *self.self_attn.values()]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def __repr__(self) -> str:
@@ -192,6 +197,30 @@ class Trace:
         maps = heatmap.per_step(self, self.token_indices(words, tokens), self.step_indices(steps),
                                 self.layer_names(layers), heads, uncond)
         out = heatmap.upsample(maps.mean(0), size or (self.height, self.width))
+        return heatmap.normalize(out) if normalize else out
+
+    def self_heatmap(self, query: int = 0, *, steps: Steps = None, layers: Layers = None,
+                     heads: int | Sequence[int] | None = None, size: tuple[int, int] | None = None,
+                     normalize: bool = True) -> torch.Tensor:
+        """[H, W] float32: where query ``query`` (index into ``queries``: a pixel, or a box whose pixels'
+        attention is averaged) looks in the image through self-attention, averaged over the selected
+        steps, self-attention layers and heads (each map sums to 1 over its grid before upsampling)."""
+        if not self.self_attn:
+            raise ValueError("this trace holds no self-attention maps; capture with "
+                             "diffviz.trace(pipe, queries=[(x, y), (x0, y0, x1, y1), ...]).")
+        if not 0 <= query < len(self.queries):
+            raise IndexError(f"query {query} is out of range: this trace has {len(self.queries)} queries "
+                             f"{self.queries}.")
+        steps = self.step_indices(steps)
+        names = select_layers(self.self_layers, layers, what="self-attention layer")
+        grid = max((l.size for l in self.self_layers if l.name in names), key=lambda s: s[0] * s[1])
+        total = torch.zeros(grid)
+        for name in names:
+            maps = self.self_attn[name][steps][:, :, query]  # [step, head, h, w]
+            if heads is not None:
+                maps = maps[:, heatmap._head_indices(self, maps.shape[1], heads)]
+            total += heatmap.upsample(maps.float().mean((0, 1)), grid)
+        out = heatmap.upsample(total / len(names), size or (self.height, self.width))
         return heatmap.normalize(out) if normalize else out
 
     def word_heatmap(self, word: str | int, **kwargs) -> torch.Tensor:

@@ -162,3 +162,56 @@ def test_the_adapter_describes_the_sd_models(sd_pipe, sdxl_pipe):
         assert [l.block for l in layers] == sorted((l.block for l in layers), key=["down", "mid", "up"].index)
     with pytest.raises(TypeError, match="cannot trace a str.*Supported: StableDiffusionPipeline"):
         family_of("a pipeline")
+
+
+def test_self_attention_of_chosen_pixels_only(sd_pipe, tmp_path):
+    """queries=: each pixel's self-attention row, exactly (checked against the whole matrix computed here
+    from the module's own weights), a box as the mean of its cells' rows; nothing else is stored."""
+    plain = np.asarray(generate(sd_pipe))
+    name = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"  # 32x32 cells for the 64x64 image
+    module = dict(sd_pipe.unet.named_modules())[name]
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        with diffviz.trace(sd_pipe, queries=[(21, 9), (0, 0, 32, 32)], heads=True) as run:
+            image = np.asarray(generate(sd_pipe))
+    finally:
+        handle.remove()
+    assert np.array_equal(image, plain)
+    attn1 = [n.removesuffix(".processor") for n in sd_pipe.unet.attn_processors if "attn1" in n]
+    assert sorted(l.name for l in run.self_layers) == sorted(attn1)  # SD's attn1 is self-attention
+    assert [l.block for l in run.self_layers] == ["down", "down", "mid", "up", "up", "up", "up"]
+    maps = run.self_attn[name]  # [step, head, query, h, w]
+    assert maps.shape == (4, module.heads, 2, 32, 32)
+    torch.testing.assert_close(maps.float().sum((-2, -1)), torch.ones(4, module.heads, 2), atol=2e-3, rtol=0)
+    hidden = seen[-1][1:]  # the last step, conditional half: [1, cells, C]
+    q = module.to_q(hidden).unflatten(-1, (module.heads, -1)).transpose(1, 2)
+    k = module.to_k(hidden).unflatten(-1, (module.heads, -1)).transpose(1, 2)
+    full = ((q @ k.transpose(-1, -2)) * module.scale).softmax(-1)[0]  # [head, 1024, 1024]
+    torch.testing.assert_close(maps[-1, :, 0].float().flatten(1), full[:, 4 * 32 + 10], atol=1e-3, rtol=0)
+    box = full.unflatten(1, (32, 32))[:, :16, :16].flatten(1, 2).mean(1)  # cells of pixels 0..31
+    torch.testing.assert_close(maps[-1, :, 1].float().flatten(1), box, atol=1e-3, rtol=0)
+    assert run.self_heatmap(0).shape == (64, 64) and run.self_heatmap(1, layers="32x32", heads=[0]).max() == 1
+    est = diffviz.estimate_bytes(sd_pipe, 64, 64, 4, n_tokens=8, heads=True, queries=2)
+    held = sum(m.numel() * m.element_size() for m in [*run.attn.values(), *run.self_attn.values()])
+    assert est["attention"] == held
+    again = diffviz.load_trace(run.save(tmp_path / "self.dvz"))
+    assert again.queries == [[21.0, 9.0], [0.0, 0.0, 32.0, 32.0]] and again.self_layers == run.self_layers
+    assert all(torch.equal(again.self_attn[n], run.self_attn[n]) for n in run.self_attn)
+
+
+def test_self_attention_queries_are_checked(sd_pipe):
+    from diffviz.classroom.model import assemble, build_components
+
+    with pytest.raises(ValueError, match=r"pixels \(x, y\) or boxes"):
+        diffviz.trace(sd_pipe, queries=[(1, 2, 3)]).__enter__()
+    with pytest.raises(CaptureError, match="outside the 64x64 image"):
+        with diffviz.trace(sd_pipe, queries=[(64, 0)]):
+            generate(sd_pipe)
+    with pytest.raises(CaptureError, match="no self-attention"):
+        with diffviz.trace(assemble(build_components(seed=0)), queries=[(0, 0)]):
+            pass
+    with diffviz.trace(sd_pipe) as run:
+        generate(sd_pipe, steps=1)
+    with pytest.raises(ValueError, match="queries="):
+        run.self_heatmap()

@@ -27,10 +27,11 @@ def _default_layers(family: Family):
 
 @contextmanager
 def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, layers: Layers = None,
-               edit_layers: Sequence[str] | None = None) -> Iterator[list[str]]:
+               edit_layers: Sequence[str] | None = None, self_layers: Sequence[str] = ()) -> Iterator[list[str]]:
     """Install diffviz's processor on the prompt-reading layers picked by ``layers`` (the layer selector;
     resolutions at the model's default image size); yields their names. ``edit(layer, probs)`` changes
-    the attention on ``edit_layers`` (default: all of them). On exit every processor is set back.
+    the attention on ``edit_layers`` (default: all of them). ``self_layers``: self-attention modules
+    that hand the sink their query and image keys too. On exit every processor is set back.
 
     A processor diffviz did not write is kept working (wrapped) where nothing is edited; an edit
     refuses (CaptureError) a layer whose processor it would replace with different maths."""
@@ -46,8 +47,10 @@ def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, laye
     replaced = {}
     for key, proc in saved.items():
         name = key.removesuffix(".processor")
-        replaced[key] = proc if name not in names else family.processor(
-            name, proc, sink, edit if name in editing else None)
+        if name in names or name in self_layers:
+            replaced[key] = family.processor(name, proc, sink, edit if name in editing else None)
+        else:
+            replaced[key] = proc
     try:
         denoiser.set_attn_processor(replaced)
         yield names
@@ -82,14 +85,20 @@ def _check_selector(family: Family, layers: Layers) -> None:
 
 @contextmanager
 def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
-              max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
-              edit_layers: Sequence[str] | None = None) -> Iterator[Recorder]:
+              max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None, edit_layers: Sequence[str] | None = None,
+              queries: Sequence[Sequence[float]] | None = None) -> Iterator[Recorder]:
     """``trace`` for diffviz's own callers (the edits): yields the Recorder itself."""
-    rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes)
+    rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
+                   queries=queries)
     family = rec.family
     _check_selector(family, layers)
+    h, w = family.default_size()
+    own = [l.name for l in family.self_layers((h // family.vae_scale, w // family.vae_scale))] if queries else []
+    if queries and not own:
+        raise CaptureError(f"this {type(pipe).__name__} has no self-attention (image to image) layers, so there "
+                           "is nothing for queries= to show (the classroom model's attn1 reads the prompt).")
     with ExitStack() as stack:
-        stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers))
+        stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers, self_layers=own))
         hooks = [enc.register_forward_pre_hook(functools.partial(rec.on_text_encoder, i), with_kwargs=True)
                  for i, enc in enumerate(family.text_encoders())]
         hooks += [family.denoiser.register_forward_pre_hook(rec.on_denoiser_input, with_kwargs=True),
@@ -107,7 +116,8 @@ def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool 
 
 @contextmanager
 def trace(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
-          max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None) -> Iterator[Capture]:
+          max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
+          queries: Sequence[Sequence[float]] | None = None) -> Iterator[Capture]:
     """Record the next generation of ``pipe``; yields its ``Capture`` (one Trace per image, see there).
 
     ``layers``: prompt-reading layers to capture, by the layer selector: module path or a part of one at
@@ -116,8 +126,10 @@ def trace(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = Fa
     ``tokens``: "prompt" (word tokens), "special" (plus start and end) or "all" (the whole context).
     ``max_bytes``: refuse a capture estimated to need more. ``edit``: a function
     (layer, probs [batch, head, query, token]) -> probs applied in every captured layer (see diffviz.edit);
-    the trace then records the edited attention.
+    the trace then records the edited attention. ``queries``: pixels (x, y) or boxes (x0, y0, x1, y1) in
+    image pixels whose self-attention (where they look in the image) to keep, in every self-attention
+    layer and step; only those rows are computed, never the whole image-by-image matrix.
     """
     with recording(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
-                   edit=edit) as rec:
+                   edit=edit, queries=queries) as rec:
         yield rec.capture

@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..decode import fit_preview, to_uint8
+from ..regions import pool, region_mask
 from ..trace import Layer, Layers, Trace, select_layers
 from .families import CaptureError, Family, PromptTokens, family_of
 
@@ -34,26 +35,31 @@ ONE_PER_BLOCK = ("this trace already holds a generation; open a new `with diffvi
 
 
 def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int, layers: Sequence[Layer],
-              heads: bool, uncond: bool, images: int) -> dict[str, int]:
-    """Bytes held: ``n_tokens`` stored tokens summed over the ``images``."""
+              heads: bool, uncond: bool, images: int, queries: int = 0,
+              self_layers: Sequence[Layer] = ()) -> dict[str, int]:
+    """Bytes held: ``n_tokens`` stored tokens summed over the ``images``; ``queries`` self-attention maps
+    per image in each of ``self_layers``."""
     cells = sum((l.heads if heads else 1) * math.prod(l.size) for l in layers)
     attention = steps * cells * n_tokens * (2 if uncond else 1) * ATTN_DTYPE.itemsize
+    own = sum((l.heads if heads else 1) * math.prod(l.size) for l in self_layers)
+    attention += steps * own * queries * images * ATTN_DTYPE.itemsize
     latents = images * (4 * steps + 1) * family.latent_channels() * math.prod(latent) * family.denoiser.dtype.itemsize
     return {"attention": attention, "latents": latents, "total": attention + latents}
 
 
 def estimate_bytes(pipe, height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                    n_tokens: int = 77, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
-                   images: int = 1) -> dict[str, int]:
+                   images: int = 1, queries: int = 0) -> dict[str, int]:
     """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...}. ``n_tokens`` is the
-    number of stored tokens per image (a prompt's word tokens unless tokens='all'); ``images`` per call."""
+    number of stored tokens per image (a prompt's word tokens unless tokens='all'); ``images`` per call;
+    ``queries`` self-attention queries (``trace(pipe, queries=...)``)."""
     family = family_of(pipe)
     h, w = family.default_size()
     latent = ((height or h) // family.vae_scale, (width or w) // family.vae_scale)
     picked = family.layers(latent)
     names = set(select_layers(picked, layers, what="prompt-reading layer"))
     return _estimate(family, latent, num_inference_steps, n_tokens * images, [l for l in picked if l.name in names],
-                     heads, uncond, images)
+                     heads, uncond, images, queries, family.self_layers(latent) if queries else ())
 
 
 class _Image:
@@ -67,6 +73,7 @@ class _Image:
         self.noise_uncond: list[torch.Tensor] = []
         self.maps: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.maps_uncond: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.self_maps: dict[str, list[torch.Tensor]] = defaultdict(list)  # [head, query, h, w] per step
         self.image: torch.Tensor | None = None
         self._index: dict[torch.device, torch.Tensor] = {}
 
@@ -136,9 +143,14 @@ class Recorder:
     """Receives one generation from the hooks; ``capture`` is the user's handle on it."""
 
     def __init__(self, pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
-                 tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES):
+                 tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES,
+                 queries: Sequence[Sequence[float]] | None = None):
         if tokens not in TOKEN_MODES:
             raise ValueError(f"tokens must be one of {TOKEN_MODES}, not {tokens!r}.")
+        self.queries = [[float(v) for v in q] for q in queries or []]
+        if any(len(q) not in (2, 4) for q in self.queries):
+            raise ValueError(f"queries are pixels (x, y) or boxes (x0, y0, x1, y1) in image pixels, got {queries!r}.")
+        self.self_sizes: dict[str, tuple[int, int]] = {}  # self-attention layers captured -> query grid
         self.pipe, self.family = pipe, family_of(pipe)
         self.heads, self.uncond, self.tokens_mode, self.max_bytes = heads, uncond, tokens, max_bytes
         self.options = {"layers": layers, "heads": heads, "uncond": uncond, "tokens": tokens}
@@ -176,7 +188,7 @@ class Recorder:
                 img.noise_uncond.append(uncond[i].detach())
 
     def wants(self, layer: str) -> bool:
-        return self.state == "running" and layer in self.sizes
+        return self.state == "running" and (layer in self.sizes or layer in self.self_sizes)
 
     def keep(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor,
              probs: torch.Tensor | None) -> None:
@@ -184,7 +196,9 @@ class Recorder:
         edited probs). Only references are kept: no torch call here, the maths waits for the step end."""
         if not self.wants(layer):
             return
-        if probs is not None:
+        if layer in self.self_sizes:
+            self._keep_self(layer, attn, query, key)
+        elif probs is not None:
             self.pending[("probs", probs.shape)].append((layer, probs, None))
         else:
             self.pending[(query.shape, key.shape, attn.scale)].append((layer, query, key))
@@ -244,7 +258,8 @@ class Recorder:
             raise CaptureError(str(err)) from None
         self.layers = [l for l in layers if l.name in picked]
         est = _estimate(family, self.latent, len(sched.timesteps), sum(len(i.positions) for i in self.images),
-                        self.layers, self.heads, self.uncond, batch)
+                        self.layers, self.heads, self.uncond, batch, len(self.queries),
+                        family.self_layers(self.latent) if self.queries else ())
         if est["total"] > self.max_bytes:
             mib = {k: v / 2**20 for k, v in est.items()}
             raise CaptureError(
@@ -254,6 +269,17 @@ class Recorder:
                 "fewer steps, fewer images or a smaller image; or raise max_bytes."
             )
         self.sizes = {l.name: l.size for l in self.layers}
+        self.self_layers = family.self_layers(self.latent) if self.queries else []
+        self.self_sizes = {l.name: l.size for l in self.self_layers}
+        self._selections: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for q in self.queries:  # inside the image?
+            if len(q) == 2 and not (0 <= q[0] < self.pixels[1] and 0 <= q[1] < self.pixels[0]):
+                raise CaptureError(f"query pixel {q} is outside the {self.pixels[1]}x{self.pixels[0]} image.")
+            if len(q) == 4:
+                try:
+                    region_mask(tuple(q), *self.pixels)
+                except ValueError as err:
+                    raise CaptureError(str(err)) from None
         timesteps = sched.timesteps.detach().cpu()  # one host sync per generation, none per step
         first = (timesteps == torch.as_tensor(t).cpu()).nonzero()
         self.expected_steps = len(timesteps) - (int(first[0]) if len(first) else 0)
@@ -291,6 +317,40 @@ class Recorder:
                         img.maps_uncond[name].append(m[0])
         self.pending.clear()
 
+    def _selection(self, size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a query grid: the cells any query covers (index [cell]) and each query's weights over
+        them (rows sum to 1) [query, cell]: a pixel is its cell, a box its pooled pixel coverage."""
+        if (size, device) not in self._selections:
+            h, w = size
+            rows = []
+            for q in self.queries:
+                if len(q) == 2:
+                    row = torch.zeros(h * w)
+                    row[int(q[1] * h / self.pixels[0]) * w + int(q[0] * w / self.pixels[1])] = 1
+                else:
+                    row = pool(region_mask(tuple(q), *self.pixels), size).flatten()
+                rows.append(row)
+            weights = torch.stack(rows)
+            cells = weights.sum(0).nonzero()[:, 0]
+            weights = weights[:, cells]
+            weights = weights / weights.sum(1, keepdim=True)
+            self._selections[(size, device)] = (cells.to(device), weights.to(device))
+        return self._selections[(size, device)]
+
+    def _keep_self(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Self-attention rows of the chosen queries only: [query cells, keys] per head, never the
+        whole [keys, keys] matrix; averaged over each query's cells."""
+        cells, weights = self._selection(self.self_sizes[layer], query.device)
+        rows = [img.cond for img in self.images]
+        q, k = query[rows][:, :, cells], key[rows]
+        probs = ((q @ k.transpose(-1, -2)).float() * attn.scale).softmax(-1)  # [image, head, cell, key]
+        maps = weights @ probs  # [image, head, query, key]
+        if not self.heads:
+            maps = maps.mean(1, keepdim=True)
+        maps = maps.to(ATTN_DTYPE).unflatten(-1, self.self_sizes[layer])
+        for img, m in zip(self.images, maps):
+            img.self_maps[layer].append(m)
+
     def finish(self) -> None:
         """At the end of the block: a generation that stopped before its last step keeps what ran."""
         if self.state == "running":
@@ -322,6 +382,9 @@ class Recorder:
                 attn={l.name: cpu(img.maps[l.name]) for l in kept},
                 attn_uncond={l.name: cpu(img.maps_uncond[l.name]) for l in kept if l.name in img.maps_uncond},
                 image=None if img.image is None else img.image.cpu(), preview_weight=preview, model=model,
+                queries=[list(q) for q in self.queries],
+                self_layers=[l for l in self.self_layers if l.name in img.self_maps],
+                self_attn={l.name: cpu(img.self_maps[l.name]) for l in self.self_layers if l.name in img.self_maps},
                 scheduler=scheduler, options=options | ({"image": i, "images": len(self.images)}
                                                         if len(self.images) > 1 else {}),
             ))

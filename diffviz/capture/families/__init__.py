@@ -12,6 +12,9 @@ trace must open without it). An adapter provides:
 * ``layers(latent) -> list[Layer]``: every attention module that reads the prompt, in the order the
   denoiser runs them, each with its query grid for a latent of (h, w) cells, its heads, a display
   ``label`` and a ``block`` (the group names the layer selector and the views use).
+* ``self_layers(latent) -> list[Layer]`` (optional, default none): the image-to-image self-attention
+  modules, for self-attention maps of chosen query pixels (``trace(pipe, queries=...)``); their
+  processor gets the image keys.
 * ``processor(name, original, sink, edit)``: the processor to install on module ``name`` in place of
   ``original``. Keep the original's effect (wrap it) or raise ``CaptureError`` saying why it cannot.
   The sink receives the query and the *text* keys (``sink.keep``), or normalised probabilities over the
@@ -85,6 +88,9 @@ class Family:
 
     def processor(self, name: str, original, sink, edit):
         raise NotImplementedError
+
+    def self_layers(self, latent: tuple[int, int]) -> list[Layer]:
+        return []
 
     def text_encoders(self) -> list[torch.nn.Module]:
         raise NotImplementedError

@@ -43,15 +43,17 @@ class SDFamily(Family):
         self.encoder = pipe.text_encoder if first else pipe.text_encoder_2
         self.tokenizer = pipe.tokenizer if first else pipe.tokenizer_2
         self._specs = self._find_layers()
+        self._self_specs = self._find_layers(prompt=False)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.unet
 
     # ---- layers --------------------------------------------------------------------------------
-    def _find_layers(self) -> list[tuple[str, int, str, str, int]]:
-        """(name, level, block, label, heads) of each prompt-reading module, in run order. Labels are plain
-        words: "first down block", "middle block", "second up block (2 of 3)", ", attn1" for attn1."""
+    def _find_layers(self, prompt: bool = True) -> list[tuple[str, int, str, str, int]]:
+        """(name, level, block, label, heads) of each prompt-reading module (``prompt``) or each
+        self-attention module, in run order. Labels are plain words: "first down block", "middle block",
+        "second up block (2 of 3)", and ", attn1" for an attn1 that reads the prompt."""
         unet = self.pipe.unet
         modules = dict(unet.named_modules())
         n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
@@ -59,9 +61,10 @@ class SDFamily(Family):
         for key in unet.attn_processors:
             name = key.removesuffix(".processor")
             last = name.rsplit(".", 1)[-1]
-            if last == "attn2" or last == "attn1" and getattr(modules[name], "is_cross_attention", False):
+            reads = last == "attn2" or last == "attn1" and getattr(modules[name], "is_cross_attention", False)
+            if reads if prompt else last == "attn1" and not reads:
                 found.append(name)
-        if not found:
+        if not found and prompt:
             raise TypeError("this U-Net has no cross-attention (attn2) layers, so no word can be traced.")
         kinds = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
         block_of = {n: ".".join(n.split(".")[:1 if n.startswith("mid_block") else 2]) for n in found}
@@ -79,13 +82,17 @@ class SDFamily(Family):
             nth = "" if kind == "mid" else ORDINALS[min(same_kind.index(block_of[name]), len(ORDINALS) - 1)] + " "
             siblings = [n for n in found if block_of[n] == block_of[name] and n.endswith(last)]
             which = f" ({siblings.index(name) + 1} of {len(siblings)})" if len(siblings) > 1 else ""
-            label = f"{nth}{'middle' if kind == 'mid' else kind} block{which}" + (", attn1" if last == "attn1" else "")
+            suffix = ", attn1" if prompt and last == "attn1" else ""
+            label = f"{nth}{'middle' if kind == 'mid' else kind} block{which}{suffix}"
             specs.append((name, level, kind, label, modules[name].heads))
         return sorted(specs, key=lambda s: (BLOCK_ORDER.get(s[2], 3), found.index(s[0])))
 
     def layers(self, latent: tuple[int, int]) -> list[Layer]:
-        return [Layer(name, (math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)), heads, label, block)
-                for name, level, block, label, heads in self._specs]
+        return _described(self._specs, latent)
+
+    def self_layers(self, latent: tuple[int, int]) -> list[Layer]:
+        """attn1 modules that are self-attention (image to image); none in the classroom model."""
+        return _described(self._self_specs, latent)
 
     def processor(self, name: str, original, sink, edit):
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -167,6 +174,11 @@ class SDFamily(Family):
 
     def step_model(self, trace, step: int, target: str) -> SDStepModel:
         return SDStepModel(self.pipe, trace, step, target)
+
+
+def _described(specs, latent: tuple[int, int]) -> list[Layer]:
+    return [Layer(name, (math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)), heads, label, block)
+            for name, level, block, label, heads in specs]
 
 
 class SDStepModel:
