@@ -166,7 +166,7 @@ def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: st
     prompt made with the same pipeline, seed, size and number of steps): the layout of
     ``source_word`` (default: the same word) is kept while the rest of the prompt changes.
 
-    Maps are injected where the source recorded them (its attn2 layers; all heads if it kept them,
+    Maps are injected where the source recorded them (its layers; all heads if it kept them,
     else their mean for every head). Incompatible traces are refused with the reason. -> (image, trace).
     """
     src_idx = source.token_indices(source_word if source_word is not None else word)

@@ -41,7 +41,7 @@ class Summary:
     words: list[str]
     windows: list[tuple[int, int]]
     maps: dict[str, torch.Tensor]  # resolution "hxw" -> [window, word, h, w] float32 attention probability
-    layer_counts: dict[str, int]  # resolution -> how many attn2 layers its maps average
+    layer_counts: dict[str, int]  # resolution -> how many prompt-reading layers its maps average
     height: int  # generated image, px
     width: int
     guidance_scale: float

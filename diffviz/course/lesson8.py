@@ -14,11 +14,11 @@ import torch
 from ..trace import Trace
 from . import verdict
 
-Head = tuple[str, int]  # (attn2 layer name, head index)
+Head = tuple[str, int]  # (layer name, head index)
 
 
 def head_profiles(traces: Sequence[Trace], kinds: Mapping[str, set[str]]) -> tuple[list[Head], list[str], torch.Tensor]:
-    """Job profiles of every attn2 head, from traces captured with ``heads=True``.
+    """Job profiles of every head of the prompt-reading layers, from traces captured with ``heads=True``.
 
     ``kinds``: kind name -> the words of that kind (e.g. {"relation": {"left", "of", ...}}). Returns
     (heads, kind names, shares [head, kind]): the share of each head's attention to the prompt's words
@@ -57,10 +57,10 @@ def top_head(heads: Sequence[Head], kinds: Sequence[str], shares: torch.Tensor, 
 
 
 def check_total_heads(answer: int | None, trace: Trace) -> bool:
-    """Exercise 1: the number of attention heads in all the cross-attention (attn2) layers together."""
+    """Exercise 1: the number of attention heads in all the captured (prompt-reading) layers together."""
     right = sum(l.heads for l in trace.layers)
     ok = answer is not None and int(answer) == right
-    return verdict(answer, ok, f"{len(trace.layers)} attn2 layers with {[l.heads for l in trace.layers]} heads: "
+    return verdict(answer, ok, f"{len(trace.layers)} prompt-reading layers with {[l.heads for l in trace.layers]} heads: "
                                f"{right} heads.", "each Layer in trace.layers has a .heads; add them up.")
 
 

@@ -42,7 +42,7 @@ def check_split_words(answer: list[str] | None, trace: Trace | None) -> bool:
 
 
 def resolutions(trace: Trace) -> set[str]:
-    """The attention map sizes of the captured attn2 layers, as "HxW" strings."""
+    """The attention map sizes of the captured layers, as "HxW" strings."""
     return {layer.resolution for layer in trace.layers}
 
 
