@@ -287,15 +287,17 @@ def test_explorer_in_jupyterlab_draws_and_follows_the_step_slider(browser, jupyt
     page.wait_for_function(f"{TITLE}.includes('step 0 of 3')", timeout=20_000)
     page.evaluate(f"""() => {{ window.shown = []; let last = null;
         const poll = () => {{ const t = {TITLE};
-            if (t !== last) {{ window.shown.push([performance.now(), t]); last = t; }}
+            if (t !== last) {{ window.shown.push([performance.now(), t, {PLOT}._fullData[0].source,
+                {PLOT}._fullData.find(d => d.type === 'heatmap').z[0][0]]); last = t; }}
             if (!t.includes('step 3 of 3')) requestAnimationFrame(poll); }};
         poll(); }}""")
     page.locator(".jp-OutputArea button").filter(has_text="play").click()
     page.wait_for_function(f"{TITLE}.includes('step 3 of 3')", timeout=10_000)
     page.locator(".jp-OutputArea button").filter(has_text="▶ play").wait_for(timeout=10_000)
     shown = page.evaluate("window.shown")
-    steps = [title.split(" · ")[-1].split(" (")[0] for _, title in shown]
+    steps = [title.split(" · ")[-1].split(" (")[0] for _, title, _, _ in shown]
     assert steps == [f"step {s} of 3" for s in range(4)]
+    assert len({image for _, _, image, _ in shown}) == 4 and len({z for _, _, _, z in shown}) == 4
     page.wait_for_function("() => document.querySelector('.jp-OutputArea .widget-slider .widget-readout')"
                            ".textContent.trim() === '3'", timeout=10_000)  # the slider followed
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(shown[1:])]

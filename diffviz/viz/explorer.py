@@ -133,8 +133,10 @@ class Explorer(widgets.VBox):
     # ---- drawing --------------------------------------------------------------------------------------
     def _build_figure(self) -> go.FigureWidget:
         rows = len(self.traces)
-        fig = make_subplots(rows=rows + 1, cols=4, row_heights=[0.62 / rows] * rows + [0.38],
-                            vertical_spacing=0.1 if rows == 1 else 0.08, horizontal_spacing=0.025,
+        # heights that make a row of four square panels about as tall as a ~970 px cell makes them wide
+        heights = [0.56, 0.44] if rows == 1 else [0.35, 0.35, 0.3]
+        fig = make_subplots(rows=rows + 1, cols=4, row_heights=heights,
+                            vertical_spacing=0.12 if rows == 1 else 0.08, horizontal_spacing=0.025,
                             specs=[[{}] * 4] * rows + [[{"colspan": 4}, None, None, None]])
         for r, tr in enumerate(self.traces):
             final = d.png_uri(d.final_image(tr))
@@ -184,7 +186,7 @@ class Explorer(widgets.VBox):
         fig.add_annotation(text="", xref="paper", yref=f"{ax.xaxis.anchor} domain", x=0, y=1.02,
                            xanchor="left", yanchor="bottom", showarrow=False, font={"size": 13})
         # autosize: as wide as the notebook cell (the page helper keeps it so)
-        fig.update_layout(autosize=True, height=700 if rows == 1 else 960,
+        fig.update_layout(autosize=True, height=590 if rows == 1 else 880,
                           margin={"t": 70 if rows == 1 else 90, "l": 50, "r": 30, "b": 40},
                           legend={"y": 0.19 if rows == 1 else 0.13, "yanchor": "middle"},
                           title={"text": "", "x": 0, "xanchor": "left", "font": {"size": 15}})
@@ -456,11 +458,17 @@ export default {
       }
       let s = model.get("step");
       if (s >= f.steps.length - 1) s = 0;
+      // one redraw a step: images take sources, heat maps z (undefined: leave as is); not reported to the
+      // kernel's figure (which the kernel brings up to date when play stops)
+      const none = (k) => Array(k).fill(undefined);
       const show = () => {
         const frame = f.steps[s];
-        window.Plotly.restyle(gd, { source: frame.sources }, f.images);
-        window.Plotly.restyle(gd, { z: frame.z }, f.heat);
-        window.Plotly.relayout(gd, { "title.text": frame.title, "shapes[0].x0": s, "shapes[0].x1": s });
+        window.Plotly.update(
+          gd,
+          { source: frame.sources.concat(none(f.heat.length)), z: none(f.images.length).concat(frame.z),
+            _doNotReportToPy: true },
+          { "title.text": frame.title, "shapes[0].x0": s, "shapes[0].x1": s },
+          f.images.concat(f.heat));
         model.set("step", s);
         model.save_changes();
       };
