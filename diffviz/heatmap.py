@@ -1,13 +1,15 @@
 """Heat-map maths: attention maps of several layers, steps, heads and tokens made into one picture.
 
-The recipe follows DAAM (Tang et al., 2023): every layer's map is brought to a common grid,
-averaged over layers, heads and steps, summed over a word's subword tokens, upsampled to the
-image and normalised. Averaging over steps happens before upsampling (both are linear), so a
-heat map costs one interpolation per layer.
+The default recipe follows DAAM (Tang et al., 2023) in spirit: every layer's head mean, summed over
+a word's subword tokens, is brought bilinearly to a common grid, averaged over layers (each layer
+equal) and steps, upsampled to the image and normalised. Averaging over steps happens before
+upsampling (both are linear), so a heat map costs one interpolation per layer. ``daam`` is DAAM
+0.2's own weighting, exactly (README, "What a Trace holds").
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -22,12 +24,12 @@ def grid(trace: Trace) -> tuple[int, int]:
     return max((l.size for l in trace.layers), key=lambda s: s[0] * s[1])
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[..., h, w] -> [..., *size] float32, bilinear."""
+def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """[..., h, w] -> [..., *size] float32, bilinear (or ``mode``, e.g. "bicubic")."""
     lead = maps.shape[:-2]
     flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     if tuple(flat.shape[-2:]) != tuple(size):
-        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+        flat = F.interpolate(flat, size=size, mode=mode, align_corners=False)
     return flat.reshape(*lead, *size)
 
 
@@ -60,6 +62,49 @@ def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layer
         by_size[key] = by_size[key] + m if key in by_size else m
     total = sum(upsample(m, grid(trace)) for m in by_size.values())
     return total / len(layers)
+
+
+def daam_grid(trace: Trace) -> tuple[int, int]:
+    """DAAM 0.2's common grid: 64x64 when the image is 512 px high, else 96x96 (its two SD 2 cases)."""
+    side = 64 if trace.height == 512 else 96
+    return side, side
+
+
+def daam_layers(trace: Trace, layers: Sequence[str]) -> list[str]:
+    """The layers of ``layers`` DAAM 0.2 hooks: ``attn2`` modules outside the mid block, except those
+    whose maps are 8 times coarser than its grid (its ``factor != 8`` rule)."""
+    cells = math.prod(daam_grid(trace))
+    by_name = {l.name: l for l in trace.layers}
+    return [n for n in layers if n.endswith("attn2") and by_name[n].block != "mid"
+            and int(math.sqrt(cells // math.prod(by_name[n].size))) != 8]
+
+
+def daam(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layers: Sequence[str],
+         heads: int | Sequence[int] | None = None, uncond: bool = False) -> torch.Tensor:
+    """[*daam_grid] float32, unnormalised: DAAM 0.2's aggregate (``trace.compute_global_heat_map`` then
+    ``compute_word_heat_map``). Over ``daam_layers``: each (layer, head) map, averaged over ``steps``,
+    upsampled bicubically to ``daam_grid`` and clamped at 0 per token; the mean over every (layer,
+    head) pair, so a layer with more heads weighs more; the mean over ``token_idx``. With the head
+    mean stored, a layer's mean stands for its heads (weight: its head count; exact up to the clamp)."""
+    store = trace.attn_uncond if uncond else trace.attn
+    picked = daam_layers(trace, layers)
+    if not picked:
+        raise ValueError(f"none of the layers {list(layers)} is one DAAM reads (attn2 outside the mid block, "
+                         "maps at least 1/4 of its grid's side); select other layers or recipe='diffviz'.")
+    if not token_idx:
+        raise ValueError("no tokens selected.")
+    size = daam_grid(trace)
+    heads_of = {l.name: l.heads for l in trace.layers}
+    total, pairs = torch.zeros(size), 0
+    for name in picked:
+        maps = store[name][:, :, list(token_idx)][list(steps)].float().mean(0)  # [head, token, h, w]
+        if heads is not None:
+            maps = maps[_head_indices(trace, maps.shape[0], heads)]
+        weight = heads_of[name] if maps.shape[0] == 1 and heads is None else 1  # a head mean stands for all
+        up = F.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp_(min=0)
+        total += weight * up.mean(1).sum(0)  # mean over tokens, summed over heads
+        pairs += weight * maps.shape[0]
+    return total / pairs
 
 
 def _head_indices(trace: Trace, stored: int, heads: int | Sequence[int]) -> list[int]:

@@ -191,12 +191,23 @@ class Trace:
     def heatmap(self, words: str | int | Sequence[str | int] | None = None, *,
                 tokens: int | Sequence[int] | None = None, steps: Steps = None, layers: Layers = None,
                 heads: int | Sequence[int] | None = None, uncond: bool = False,
-                size: tuple[int, int] | None = None, normalize: bool = True) -> torch.Tensor:
-        """[H, W] float32 attention heat map at image pixel size (or ``size``), averaged over the
-        selected steps, layers and heads and summed over the selected tokens; in [0, 1] when normalised."""
-        maps = heatmap.per_step(self, self.token_indices(words, tokens), self.step_indices(steps),
-                                self.layer_names(layers), heads, uncond)
-        out = heatmap.upsample(maps.mean(0), size or (self.height, self.width))
+                size: tuple[int, int] | None = None, normalize: bool = True,
+                recipe: str = "diffviz") -> torch.Tensor:
+        """[H, W] float32 attention heat map at image pixel size (or ``size``); in [0, 1] when normalised.
+
+        ``recipe="diffviz"``: each layer's head mean, summed over the selected tokens, bilinearly on the
+        largest map's grid, averaged over the selected layers (each layer equal) and steps, bilinearly
+        to the image. ``recipe="daam"``: DAAM 0.2's weighting exactly (``heatmap.daam``), bicubically
+        to the image."""
+        idx, picked, names = self.token_indices(words, tokens), self.step_indices(steps), self.layer_names(layers)
+        if recipe == "daam":
+            out = heatmap.upsample(heatmap.daam(self, idx, picked, names, heads, uncond),
+                                   size or (self.height, self.width), mode="bicubic")
+        elif recipe == "diffviz":
+            maps = heatmap.per_step(self, idx, picked, names, heads, uncond)
+            out = heatmap.upsample(maps.mean(0), size or (self.height, self.width))
+        else:
+            raise ValueError(f"recipe must be 'diffviz' or 'daam', not {recipe!r}.")
         return heatmap.normalize(out) if normalize else out
 
     def self_heatmap(self, query: int = 0, *, steps: Steps = None, layers: Layers = None,
