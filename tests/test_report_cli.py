@@ -95,15 +95,15 @@ def test_a_classroom_report_shows_the_judges_verdict(tmp_path):
     side = tr.height
     objects = [data.Obj("square", "red", "large"), data.Obj("circle", "blue", "large")]
     scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
-    swapped = dataclasses.replace(tr.trace, image=torch.from_numpy(scene.image))
+    swapped = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
     page = diffviz.report(swapped, tmp_path / "v.html").read_text(encoding="utf-8")
     assert f"<td>judge</td><td>✗ drawn: a red square left of a blue circle; asked: {PROMPT}</td>" in page
     objects = [data.Obj("circle", "red", "small"), data.Obj("square", "blue", "large")]
     scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
-    right = dataclasses.replace(tr.trace, image=torch.from_numpy(scene.image))
+    right = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
     page = diffviz.report(right, tmp_path / "r.html").read_text(encoding="utf-8")
     assert f"<td>judge</td><td>✓ drawn as asked: {PROMPT}</td>" in page
-    tiny = diffviz.report(dataclasses.replace(tr.trace, model={"name": "other/model"}), tmp_path / "o.html")
+    tiny = diffviz.report(dataclasses.replace(tr, model={"name": "other/model"}), tmp_path / "o.html")
     assert "<td>judge</td>" not in tiny.read_text(encoding="utf-8")
 
 
