@@ -2,16 +2,18 @@
 
     python benchmarks/batch_throughput.py [--prompts 24] [--rounds 3] [--steps 25] [--keep summary]
     torchrun --standalone --nproc_per_node 2 benchmarks/batch_throughput.py ...      # two processes
-    torchrun --standalone --nproc_per_node NGPU benchmarks/batch_throughput.py --kind sd15   # one process per GPU
+    torchrun --standalone --nproc_per_node NGPU benchmarks/batch_throughput.py --kind sd15   # a process a GPU
 
 Each round runs the untraced loop (``pipe(prompt, ...)`` per item, this process's share of the items)
 and ``diffviz.batch.run`` (trace, summary or full trace, atomic file and index writes, the final merge)
 over a fresh slice of the held-out classroom prompts, alternating which goes first, so drift in the
 load of a shared machine hits both alike. Under several processes every phase starts and ends on a
 barrier, and rank 0 times the whole group; CPU time is summed over the processes (on a shared machine
-it is the steadier of the two). A warm-up runs one item each way first (imports, first allocation). ``--kind sd15`` uses a random-weight pipeline with
-Stable Diffusion 1.5's shapes (``diffviz.testing.full_size_pipeline``, 512 px, float16) on GPU LOCAL_RANK. Prints the items per second of each and their ratio
-(batch time / loop time; the issue's bar is 1.10) per round and over all rounds.
+it is the steadier of the two). A warm-up runs one item each way first (imports, first allocation).
+``--kind sd15`` uses a random-weight pipeline with Stable Diffusion 1.5's shapes
+(``diffviz.testing.full_size_pipeline``, 512 px, float16) on GPU LOCAL_RANK. Prints the items per
+second of each and their ratio (batch time / loop time; the issue's bar is 1.10) per round and over
+all rounds.
 """
 
 from __future__ import annotations
@@ -101,10 +103,12 @@ def main(argv=None) -> None:
             n = args.prompts * args.rounds
             disk = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
             each = "1 GPU" if args.kind == "sd15" else "1 CPU thread"
-            print(f"{args.kind} model, {args.steps} DDIM steps, guidance 7.5, {world} process(es) ({each} each), "
-                  f"keep={args.keep}, {n} items per mode")
-            print(f"  untraced loop   {n / totals['loop']:6.2f} items/s   CPU {cpu['loop'] / n * 1000:6.0f} ms/item")
-            print(f"  diffviz batch   {n / totals['batch']:6.2f} items/s   CPU {cpu['batch'] / n * 1000:6.0f} ms/item   "
+            print(f"{args.kind} model, {args.steps} DDIM steps, guidance 7.5, {world} process(es) "
+                  f"({each} each), keep={args.keep}, {n} items per mode")
+            print(f"  untraced loop   {n / totals['loop']:6.2f} items/s   "
+                  f"CPU {cpu['loop'] / n * 1000:6.0f} ms/item")
+            print(f"  diffviz batch   {n / totals['batch']:6.2f} items/s   "
+                  f"CPU {cpu['batch'] / n * 1000:6.0f} ms/item   "
                   f"({disk / (n + world) / 1e3:.1f} kB per item on disk, index included)")
             print(f"  ratio batch/loop: wall {totals['batch'] / totals['loop']:.3f} (median of rounds "
                   f"{statistics.median(ratios):.3f}), CPU time {cpu['batch'] / cpu['loop']:.3f}")

@@ -1,4 +1,5 @@
-"""A study at scale on the classroom model: held-out prompts through ``diffviz batch``, read by ``diffviz.study``.
+"""A study at scale on the classroom model: held-out prompts through ``diffviz batch``, read by
+``diffviz.study``.
 
     python benchmarks/study_scale.py prompts runs/scale/prompts.csv --n 1008
     OMP_NUM_THREADS=1 nice -n 10 timeout 40m diffviz batch runs/scale/prompts.csv --out runs/scale/dir
@@ -49,7 +50,8 @@ def report(folder: Path) -> dict:
     by_class = {c: {"miou": float(g["iou"].mean()), "n": int(g["iou"].notna().sum()),
                     "object_missing": int(g["iou"].isna().sum())} for c, g in words.groupby("word_class")}
     by_window = {"all": float(words["iou"].mean())} | {w: float(words[f"iou_{w}"].mean()) for w in windows}
-    by_window_class = {w: {c: float(g[f"iou_{w}"].mean()) for c, g in words.groupby("word_class")} for w in windows}
+    by_window_class = {w: {c: float(g[f"iou_{w}"].mean()) for c, g in words.groupby("word_class")}
+                       for w in windows}
     items = df.drop_duplicates("id")
     pairs = items.dropna(subset=["relation"])
     rel = pairs.groupby("relation")["relation_ok"].agg(["mean", "size"])
@@ -62,19 +64,23 @@ def report(folder: Path) -> dict:
         "disk_bytes": disk, "item_file_bytes_mean": float(ok["bytes"].mean()),
         "miou_by_class": by_class, "miou_by_window": by_window, "miou_by_window_and_class": by_window_class,
         "windows": df.attrs["windows"],
-        "relation_accuracy": {r: {"accuracy": float(v["mean"]), "n": int(v["size"])} for r, v in rel.iterrows()},
+        "relation_accuracy": {r: {"accuracy": float(v["mean"]), "n": int(v["size"])}
+                              for r, v in rel.iterrows()},
         "relation_accuracy_both_drawn": {r: {"accuracy": float(v["mean"]), "n": int(v["size"])}
                                          for r, v in drawn.iterrows()},
         "two_object_correct": float(items.dropna(subset=["relation"])["correct"].mean()),
         "single_object_correct": float(items[items["relation"].isna()]["correct"].mean()),
     }
-    print(f"{result['items_ok']} items ok, {result['items_error']} errors; median {result['seconds_per_item_median']:.2f} "
+    print(f"{result['items_ok']} items ok, {result['items_error']} errors; "
+          f"median {result['seconds_per_item_median']:.2f} "
           f"s/item (generate + trace + summary + save), {result['seconds_total'] / 60:.1f} min of item time, "
           f"{result['wall_seconds'] / 60:.1f} min first to last item; disk {disk / 1e6:.1f} MB "
           f"({result['item_file_bytes_mean'] / 1e3:.1f} kB per item file)")
     print("mIoU by word class (all steps): " + ", ".join(
-        f"{c} {v['miou']:.3f} (n={v['n']}, object missing {v['object_missing']})" for c, v in by_class.items()))
-    print("mIoU by step window (colour+shape+size words): " + ", ".join(f"{w} {v:.3f}" for w, v in by_window.items())
+        f"{c} {v['miou']:.3f} (n={v['n']}, object missing {v['object_missing']})"
+        for c, v in by_class.items()))
+    print("mIoU by step window (colour+shape+size words): "
+          + ", ".join(f"{w} {v:.3f}" for w, v in by_window.items())
           + f"   windows {result['windows']}")
     for w, v in by_window_class.items():
         print(f"  {w}: " + ", ".join(f"{c} {x:.3f}" for c, x in v.items()))

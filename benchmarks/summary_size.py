@@ -64,14 +64,18 @@ def main(argv=None) -> None:
         unet = UNet2DConditionModel(**SDXL_UNET).to(torch.float16)
     latent = 1024 // 8
     # attention resolutions: one per down level with cross-attention, latent / 2**level
-    maps = [(latent // 2**i, latent // 2**i) for i, t in enumerate(SDXL_UNET["down_block_types"]) if "CrossAttn" in t]
-    fake = types.SimpleNamespace(unet=unet, vae_scale_factor=8)
-    print(f"SDXL, 1024 px, {args.steps} steps, {args.windows} step windows, attention maps {maps}, image stored "
+    maps = [(latent // 2**i, latent // 2**i)
+            for i, t in enumerate(SDXL_UNET["down_block_types"]) if "CrossAttn" in t]
+    fake = types.SimpleNamespace(unet=unet, vae_scale_factor=8, text_encoder=unet, tokenizer=None)  # shapes only
+    print(f"SDXL, 1024 px, {args.steps} steps, {args.windows} step windows, attention maps {maps}, "
+          f"image stored "
           f"at {MAX_IMAGE_SIDE} px, header {header} B (as measured above):")
     for n_words in (8, 15, 25, 40, 75):
-        summary = estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps, args.windows) + header
+        summary = header + estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps,
+                                          args.windows)
         full = diffviz.estimate_bytes(fake, 1024, 1024, args.steps, n_tokens=n_words)["total"]
-        print(f"  {n_words:3d} words: summary {summary / 1e6:5.2f} MB ({'within' if summary <= 1e6 else 'OVER'} "
+        fits = "within" if summary <= 1e6 else "OVER"
+        print(f"  {n_words:3d} words: summary {summary / 1e6:5.2f} MB ({fits} "
               f"1 MB)   full trace {full / 1e6:7.1f} MB   ratio {full / summary:5.0f}x")
 
 

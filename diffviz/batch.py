@@ -38,8 +38,6 @@ PARTS = "index"
 ITEMS = "items"
 CHUNK_ROWS = 64  # rows per index part file
 BARRIER_TIMEOUT = dt.timedelta(days=3)  # ranks that finish first wait this long for the others at the end
-COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "guidance", "words", "file", "bytes", "seconds",
-           "status", "error", "rank", "finished")
 
 
 class BatchError(ValueError):
@@ -78,8 +76,8 @@ def read_prompts(path: str | Path, *, seed: int = 0, steps: int = 25, guidance: 
     (the keyword arguments are the defaults for missing or empty values)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no prompt file at {str(path)!r}: give a text file (one prompt a line), or a "
-                                ".csv / .jsonl file with a 'prompt' column.")
+        raise FileNotFoundError(f"no prompt file at {str(path)!r}: give a text file (one prompt a line), "
+                                "or a .csv / .jsonl file with a 'prompt' column.")
     text = path.read_text(encoding="utf-8-sig")
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -99,14 +97,16 @@ def read_prompts(path: str | Path, *, seed: int = 0, steps: int = 25, guidance: 
                 raise BatchError(f"{path}:{n}: not a JSON object ({err}); write one object a line, e.g. "
                                  '{"prompt": "a red circle", "seed": 3}.') from None
             if not isinstance(row, dict) or "prompt" not in row:
-                raise BatchError(f'{path}:{n}: each line needs a "prompt" key, e.g. {{"prompt": "a red circle"}}.')
+                raise BatchError(f'{path}:{n}: each line needs a "prompt" key, e.g. '
+                                 '{"prompt": "a red circle"}.')
             rows.append((n, row))
     else:
         rows = [(n, {"prompt": line}) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     defaults = dict(seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt)
     items = [_item(f"{i:06d}", row, defaults, f"{path}:{n}") for i, (n, row) in enumerate(rows)]
     if not items:
-        raise BatchError(f"{path} holds no prompts; write one prompt a line (or CSV/JSONL rows with 'prompt').")
+        raise BatchError(f"{path} holds no prompts; write one prompt a line (or CSV/JSONL rows with "
+                         "'prompt').")
     return items
 
 
@@ -118,7 +118,8 @@ def _item(item_id: str, row: dict, defaults: dict, where: str) -> Item:
         try:
             return kind(raw) if kind is not int else int(str(raw).strip())
         except (TypeError, ValueError):
-            raise BatchError(f"{where}: {key} {raw!r} is not a{'n integer' if kind is int else ' number'}.") from None
+            kind_name = "an integer" if kind is int else "a number"
+            raise BatchError(f"{where}: {key} {raw!r} is not {kind_name}.") from None
 
     prompt = str(row.get("prompt") or "").strip()
     if not prompt:
@@ -137,7 +138,8 @@ def _item(item_id: str, row: dict, defaults: dict, where: str) -> Item:
 def launch_env() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from RANK, WORLD_SIZE and LOCAL_RANK as torchrun and
     ``accelerate launch`` set them; ``(0, 1, 0)`` when they are not set (one process). Read from the
-    environment rather than accelerate's PartialState, which reports no distribution on a CPU-only torchrun."""
+    environment rather than accelerate's PartialState, which reports no distribution on a CPU-only
+    torchrun."""
     try:
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -177,8 +179,8 @@ def read_index(out: str | Path):
     return rows.sort_values("id", kind="stable").reset_index(drop=True)
 
 
-def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: str = "summary", windows: int = DEFAULT_WINDOWS, scheduler: str | None = None,
-        progress: bool = True, **defaults) -> Result:
+def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: str = "summary",
+        windows: int = DEFAULT_WINDOWS, progress: bool = True, **defaults) -> Result:
     """Generate and trace every item of ``prompts`` (a prompt file, see ``read_prompts``, whose keyword
     ``defaults`` seed/steps/guidance/negative_prompt apply, or a list of ``Item``) into ``out``.
 
@@ -198,16 +200,12 @@ def run(prompts: str | Path | Sequence[Item], out: str | Path, pipe, *, keep: st
         done = _done(out, keep)
         todo = [it for it in shard if done.get(it.id) != it.settings()]
         chunk, rows = _next_chunk(out, rank), []
-        if scheduler:
-            from .pipelines import set_scheduler
-
-            set_scheduler(pipe, scheduler)
         errors = 0
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(shard), initial=len(shard) - len(todo), unit="item", disable=not progress,
-                   desc="batch" if world == 1 else f"batch rank {rank}/{world}", position=rank if world > 1 else None,
-                   file=sys.stderr, dynamic_ncols=True)
+                   desc="batch" if world == 1 else f"batch rank {rank}/{world}",
+                   position=rank if world > 1 else None, file=sys.stderr, dynamic_ncols=True)
         with bar:
             for item in todo:
                 row = _run_item(pipe, item, out, keep, windows, rank)
@@ -247,7 +245,7 @@ def _run_item(pipe, item: Item, out: Path, keep: str, windows: int, rank: int) -
                  guidance_scale=item.guidance, generator=generator)
         path = tr.save(out / rel) if keep == "full" else summarize(tr, windows).save(out / rel)
         row |= dict(words=list(tr.words), file=rel, bytes=path.stat().st_size)
-    except Exception as err:  # noqa: BLE001  one bad item (an error, CUDA out of memory) must not stop the others
+    except Exception as err:  # noqa: BLE001  a bad item (an error, CUDA out of memory) must not stop the rest
         row |= dict(status="error", error=f"{type(err).__name__}: {err}"[:2000])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -263,7 +261,8 @@ def _done(out: Path, keep: str) -> dict[str, tuple]:
         return {}
     done = {}
     for r in rows.itertuples(index=False):
-        if r.status == "ok" and isinstance(r.file, str) and r.file.endswith(KEEP[keep]) and (out / r.file).is_file():
+        kept = isinstance(r.file, str) and r.file.endswith(KEEP[keep]) and (out / r.file).is_file()
+        if r.status == "ok" and kept:
             neg = r.negative_prompt if isinstance(r.negative_prompt, str) else None
             done[r.id] = (r.prompt, neg, int(r.seed), int(r.steps), float(r.guidance))
     return done
@@ -273,10 +272,12 @@ def _schema():
     import pyarrow as pa
 
     return pa.schema([
-        ("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.uint64()),
-        ("steps", pa.int64()), ("guidance", pa.float64()), ("words", pa.list_(pa.string())), ("file", pa.string()),
-        ("bytes", pa.int64()), ("seconds", pa.float64()), ("status", pa.string()), ("error", pa.string()),
-        ("rank", pa.int64()), ("finished", pa.timestamp("us", tz="UTC")),
+        ("id", pa.string()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
+        ("seed", pa.uint64()), ("steps", pa.int64()), ("guidance", pa.float64()),
+        ("words", pa.list_(pa.string())), ("file", pa.string()), ("bytes", pa.int64()),
+        ("seconds", pa.float64()),
+        ("status", pa.string()), ("error", pa.string()), ("rank", pa.int64()),
+        ("finished", pa.timestamp("us", tz="UTC")),
     ])
 
 
@@ -307,8 +308,8 @@ def _process_group(world: int) -> Iterator:
         yield dist
         return
     if not {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
-        raise BatchError(f"WORLD_SIZE is {world} but MASTER_ADDR/MASTER_PORT are not set: start the processes "
-                         "with torchrun or accelerate launch, which set them.")
+        raise BatchError(f"WORLD_SIZE is {world} but MASTER_ADDR/MASTER_PORT are not set: start the "
+                         "processes with torchrun or accelerate launch, which set them.")
     dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield dist

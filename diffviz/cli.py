@@ -81,13 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="HTML report to write (default: the trace's name with .html)")
     rep.set_defaults(run=_report, parser=rep)
 
-    bat = sub.add_parser("batch", parents=[talk], help="generate and trace many prompts into a folder (resumable, sharded)",
-                         description="Generate and trace every prompt of PROMPTS into DIR: a file per item and a "
-                         "Parquet index. A second run skips the items that are done. Under `torchrun "
-                         "--nproc_per_node K -m diffviz batch ...` or `accelerate launch -m diffviz batch ...` "
-                         "each process takes its share.")
-    bat.add_argument("prompts", type=Path, help="text file (one prompt a line), or .csv / .jsonl with a 'prompt' "
-                     "column and optional seed, negative_prompt, steps, guidance")
+    bat = sub.add_parser("batch", parents=[talk],
+                         help="generate and trace many prompts into a folder (resumable, sharded)",
+                         description="Generate and trace every prompt of PROMPTS into DIR: a file per item "
+                         "and a Parquet index. A second run skips the items that are done. Under `torchrun "
+                         "--nproc_per_node K -m diffviz batch ...` or `accelerate launch --multi_gpu "
+                         "--num_processes K -m diffviz batch ...` each process takes its share.")
+    bat.add_argument("prompts", type=Path, help="text file (one prompt a line), or .csv / .jsonl with a "
+                     "'prompt' column and optional seed, negative_prompt, steps, guidance")
     bat.add_argument("--out", required=True, type=Path, help="output folder")
     bat.add_argument("--model", type=Path, help="local diffusers pipeline folder (default: $DIFFVIZ_MODEL if "
                      "set, else the classroom model)")
@@ -95,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="summary: per-word maps for a few step windows, the image and final x0 (small); "
                      "full: the whole trace (default: summary)")
     bat.add_argument("--windows", type=int, default=3, help="step windows a summary keeps (default: 3)")
-    bat.add_argument("--steps", type=int, default=25, help="denoising steps, where a row gives none (default: 25)")
+    bat.add_argument("--steps", type=int, default=25,
+                     help="denoising steps, where a row gives none (default: 25)")
     bat.add_argument("--seed", type=int, default=0, help="random seed, where a row gives none (default: 0); "
                      "seeded on the CPU, as explain does")
     bat.add_argument("--guidance", type=float, default=7.5,
@@ -105,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     bat.set_defaults(run=_batch, parser=bat)
 
     stu = sub.add_parser("study", parents=[talk], help="write an HTML report of a batch folder's study",
-                         description="Read every item of a `diffviz batch` folder (diffviz.study) and write a "
-                         "self-contained HTML report of the distributions.")
+                         description="Read every item of a `diffviz batch` folder (diffviz.study) and "
+                         "write a self-contained HTML report of the distributions.")
     stu.add_argument("dir", type=Path, help="a folder written by `diffviz batch`")
     stu.add_argument("--out", type=Path, default=Path("study.html"), help="HTML report (default: study.html)")
     stu.set_defaults(run=_study, parser=stu)
@@ -197,6 +199,7 @@ def _batch(args: argparse.Namespace) -> int:
     import torch
 
     from diffviz import batch
+    from diffviz.pipelines import set_scheduler
 
     say = _say(args)
     try:
@@ -208,8 +211,10 @@ def _batch(args: argparse.Namespace) -> int:
         pipe = _load(args.model, device=f"cuda:{local_rank}" if torch.cuda.is_available() else None,
                      quiet=args.quiet or rank > 0)
         pipe.set_progress_bar_config(disable=True)
+        if args.scheduler:
+            set_scheduler(pipe, args.scheduler)
         result = batch.run(items, args.out, pipe, keep=args.keep, windows=args.windows,
-                           scheduler=args.scheduler, progress=not args.quiet)
+                           progress=not args.quiet)
     except (batch.BatchError, FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
     say(f"rank {rank}: {result.ran} items run, {result.skipped} already done, {result.errors} failed"

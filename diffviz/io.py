@@ -124,14 +124,15 @@ def load_trace(path: str | Path) -> Trace:
                              "not written by Trace.save.") from None
 
 
-def read_file(path: str | Path, fmt: str, fmt_version: int, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_file(path: str | Path, fmt: str, fmt_version: int,
+              what: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(meta, tensors)`` of a file written by ``write_file`` in format ``fmt`` version ``fmt_version``.
     Raises TraceFileError, naming ``what`` ("trace", "summary"), for a folder or a file that is truncated,
     edited, of another format or version, or not a diffviz file at all."""
     path = Path(path)
     if path.is_dir():
-        raise TraceFileError(f"{str(path)!r} is a folder; give the path of a {what} file ({_SUFFIXES[fmt]}) inside "
-                             f"it{_listing(path, _SUFFIXES[fmt])}.")
+        raise TraceFileError(f"{str(path)!r} is a folder; give the path of a {what} file ({_SUFFIXES[fmt]}) "
+                             f"inside it{_listing(path, _SUFFIXES[fmt])}.")
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {str(path)!r}.")
     try:
@@ -142,7 +143,8 @@ def read_file(path: str | Path, fmt: str, fmt_version: int, what: str) -> tuple[
         raise TraceFileError(f"{str(path)!r} is not a readable {what} file (truncated, or not a diffviz "
                              f"{what}): {err}") from None
     if raw is None:
-        raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz {what} (no 'diffviz' metadata).")
+        raise TraceFileError(f"{str(path)!r} is a safetensors file but not a diffviz {what} (no 'diffviz' "
+                             "metadata).")
     try:
         meta = json.loads(raw)
     except ValueError as err:  # bad JSON, or a number beyond Python's limits

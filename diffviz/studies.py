@@ -38,7 +38,7 @@ _RELATION_WORDS = {w for r in classroom_data.RELATIONS for w in r.split()}
 
 
 def word_class(word: str) -> str | None:
-    """The classroom grammar's class of ``word`` ("colour", "shape", "size", "relation", "article"), or None."""
+    """The classroom grammar's class of ``word``: "colour", "shape", "size", "relation", "article" or None."""
     w = word.lower()
     if w in classroom_data.COLOURS:
         return "colour"

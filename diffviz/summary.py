@@ -90,7 +90,8 @@ class Summary:
         else:
             idx = [i for i, w in enumerate(self.words) if w.lower() == word.lower().strip()]
             if not idx:
-                raise KeyError(f"{word!r} is not a word of the prompt {self.prompt!r}; its words are {self.words}.")
+                raise KeyError(f"{word!r} is not a word of the prompt {self.prompt!r}; its words are "
+                               f"{self.words}.")
         if window is not None and not -len(self.windows) <= window < len(self.windows):
             raise IndexError(f"window {window} is out of range: this summary has {len(self.windows)} "
                              f"windows {self.windows}.")
@@ -107,13 +108,15 @@ class Summary:
     def nbytes(self) -> int:
         """Bytes held by the tensors (the file adds a few kB of metadata)."""
         tensors = [self.timesteps, self.x0, self.image, self.preview_weight]
-        stored = sum(m.numel() + 4 * m[..., 0, 0].numel() for m in self.maps.values())  # uint8 maps, float32 scales
+        # uint8 maps and a float32 maximum per map
+        stored = sum(m.numel() + 4 * m[..., 0, 0].numel() for m in self.maps.values())
         return stored + sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def save(self, path: str | Path) -> Path:
         """Write the summary to ``path`` (safetensors with JSON metadata), atomically; returns the path."""
         tensors = {"timesteps": self.timesteps, "x0": self.x0}
-        tensors |= {k: v for k, v in (("image", self.image), ("preview_weight", self.preview_weight)) if v is not None}
+        optional = (("image", self.image), ("preview_weight", self.preview_weight))
+        tensors |= {k: v for k, v in optional if v is not None}
         for res, m in self.maps.items():
             tensors[f"maps/{res}"], tensors[f"scale/{res}"] = _quantize(m)
         meta = {
@@ -126,7 +129,8 @@ class Summary:
         return write_file(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta)
 
 
-def windows_of(num_steps: int, windows: int | Sequence[tuple[int, int]] = DEFAULT_WINDOWS) -> list[tuple[int, int]]:
+def windows_of(num_steps: int,
+               windows: int | Sequence[tuple[int, int]] = DEFAULT_WINDOWS) -> list[tuple[int, int]]:
     """Step windows ``[(start, stop)]``: ``windows`` near-equal consecutive ranges covering every step
     (fewer when there are fewer steps), or the given ranges, checked."""
     if isinstance(windows, int):
@@ -138,8 +142,8 @@ def windows_of(num_steps: int, windows: int | Sequence[tuple[int, int]] = DEFAUL
     out = [(int(a), int(b)) for a, b in windows]
     for a, b in out:
         if not 0 <= a < b <= num_steps:
-            raise ValueError(f"step window ({a}, {b}) is not inside the {num_steps} steps: give (start, stop) "
-                             f"with 0 <= start < stop <= {num_steps}.")
+            raise ValueError(f"step window ({a}, {b}) is not inside the {num_steps} steps: give "
+                             f"(start, stop) with 0 <= start < stop <= {num_steps}.")
     return out
 
 
@@ -149,7 +153,8 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
     """The ``Summary`` of ``trace``: per word, one map per resolution for each step window
     (``windows``: how many equal ones, or ``[(start, stop)]``), the image and the final x0."""
     if trace.num_steps == 0:
-        raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` block).")
+        raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` "
+                         "block).")
     spans = windows_of(trace.num_steps, windows)
     # [token, word] one-hot: sums each word's subword tokens
     onehot = torch.zeros(len(trace.tokens), len(trace.words))
@@ -183,7 +188,8 @@ def _shrink(image: torch.Tensor, max_side: int) -> torch.Tensor:
     from PIL import Image
 
     scale = max_side / max(h, w)
-    small = Image.fromarray(image.numpy()).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = Image.fromarray(image.numpy()).resize(size, Image.BOX)
     return torch.from_numpy(np.asarray(small).copy())
 
 
@@ -214,8 +220,8 @@ def load_summary(path: str | Path) -> Summary:
             scheduler=meta["scheduler"], options=meta["options"],
         )
     except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
-        raise TraceFileError(f"{str(path)!r} is missing part of a summary ({type(err).__name__}: {err}); it was "
-                             "not written by Summary.save.") from None
+        raise TraceFileError(f"{str(path)!r} is missing part of a summary ({type(err).__name__}: {err}); "
+                             "it was not written by Summary.save.") from None
 
 
 def estimate_bytes(n_words: int, map_sizes: Sequence[tuple[int, int]], latent: tuple[int, int, int],

@@ -59,16 +59,19 @@ def study_report(df, path: str | Path, *, title: str = "diffviz study") -> Path:
     parts = []
     if len(df):
         figures = [
-            ("How much of the prompt's attention each word gets", _by_class(df, "share", "Attention share", "percent")),
+            ("How much of the prompt's attention each word gets",
+             _by_class(df, "share", "Attention share", "percent")),
             ("How far each word's attention spreads", _by_class(df, "spread", "Spread around the centroid",
                                                                "fraction of the image side")),
-            ("How even each word's attention is", _by_class(df, "entropy", "Normalised entropy", "0 one cell, 1 even")),
+            ("How even each word's attention is",
+             _by_class(df, "entropy", "Normalised entropy", "0 one cell, 1 even")),
         ]
         if "iou" in df and df["iou"].notna().any():
             figures.insert(0, ("Does each word look at its object?", _miou(df)))
         if "relation" in df and df["relation"].notna().any():
             figures.append(("Relations", _relations(df)))
-        parts = [f"<h2>{html.escape(t)}</h2>\n" + _figure_html(f, f"fig{i}") for i, (t, f) in enumerate(figures)]
+        parts = [f"<h2>{html.escape(t)}</h2>\n" + _figure_html(f, f"fig{i}")
+                 for i, (t, f) in enumerate(figures)]
     windows = df.attrs.get("windows", {})
     spans = "; ".join(f"{k}: steps {', '.join(f'{a}-{b - 1}' for a, b in v)}" for k, v in windows.items())
     page = f"""<!DOCTYPE html>
@@ -78,7 +81,8 @@ def study_report(df, path: str | Path, *, title: str = "diffviz study") -> Path:
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">{n_items} items, {len(df)} (item, word) rows. Step windows: {html.escape(spans or "none")}.</p>
+<p class="meta">{n_items} items, {len(df)} (item, word) rows.
+Step windows: {html.escape(spans or "none")}.</p>
 {chr(10).join(parts) if parts else "<p>No item of this folder succeeded: nothing to show.</p>"}
 <p class="meta">Made with diffviz {__version__}. Works offline: everything is in this file.</p>
 </body></html>
