@@ -240,9 +240,10 @@ def _run_item(pipe, item: Item, out: Path, keep: str, windows: int, rank: int) -
     t0 = time.perf_counter()
     try:
         generator = torch.Generator().manual_seed(item.seed)  # on the CPU: the same noise on any device
-        with diffviz.trace(pipe) as tr:
+        with diffviz.trace(pipe) as run:
             pipe(item.prompt, negative_prompt=item.negative_prompt, num_inference_steps=item.steps,
                  guidance_scale=item.guidance, generator=generator)
+        tr = run.trace
         path = tr.save(out / rel) if keep == "full" else summarize(tr, windows).save(out / rel)
         row |= dict(words=list(tr.words), file=rel, bytes=path.stat().st_size)
     except Exception as err:  # noqa: BLE001  a bad item (an error, CUDA out of memory) must not stop the rest
