@@ -111,7 +111,7 @@ def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, 
     def count(module, args, kwargs) -> None:
         run.step += 1
         if run.step == 0 and check_first is not None:
-            check_first(family.denoiser_io(args, kwargs)[0])
+            check_first(family.unpack(family.denoiser_io(args, kwargs)[0]))
 
     handle = family.denoiser.register_forward_pre_hook(count, with_kwargs=True)
     try:

@@ -166,9 +166,16 @@ class Trace:
         return find_word(self.words, self.prompt, word)
 
     def token_indices(self, words: str | int | Sequence[str | int] | None = None,
-                      tokens: int | Sequence[int] | None = None) -> list[int]:
+                      tokens: int | Sequence[int] | None = None, encoder: str | None = None) -> list[int]:
         """Indices into the stored token axis for ``words`` (all their subword tokens) and/or
-        ``tokens`` (context positions, e.g. 0 for the start token). None for both: every word token."""
+        ``tokens`` (context positions, e.g. 0 for the start token). None for both: every word token.
+        ``encoder`` ("clip", "t5"): only the tokens of that text encoder (SD3 reads a word through both)."""
+        if encoder is not None:
+            have = sorted({t.encoder for t in self.tokens if t.encoder})
+            if encoder not in have:
+                raise ValueError(f"encoder={encoder!r} made none of this trace's tokens; its encoders are "
+                                 f"{have or 'not named (one text encoder)'}.")
+            return [i for i in self.token_indices(words, tokens) if self.tokens[i].encoder == encoder]
         if words is None and tokens is None:
             return [i for i, t in enumerate(self.tokens) if t.word is not None]
         picked: list[int] = []
@@ -192,14 +199,15 @@ class Trace:
                 tokens: int | Sequence[int] | None = None, steps: Steps = None, layers: Layers = None,
                 heads: int | Sequence[int] | None = None, uncond: bool = False,
                 size: tuple[int, int] | None = None, normalize: bool = True,
-                recipe: str = "diffviz") -> torch.Tensor:
+                recipe: str = "diffviz", encoder: str | None = None) -> torch.Tensor:
         """[H, W] float32 attention heat map at image pixel size (or ``size``); in [0, 1] when normalised.
 
         ``recipe="diffviz"``: each layer's head mean, summed over the selected tokens, bilinearly on the
         largest map's grid, averaged over the selected layers (each layer equal) and steps, bilinearly
         to the image. ``recipe="daam"``: DAAM 0.2's weighting exactly (``heatmap.daam``), bicubically
-        to the image."""
-        idx, picked, names = self.token_indices(words, tokens), self.step_indices(steps), self.layer_names(layers)
+        to the image. ``encoder`` ("clip", "t5"): only that text encoder's tokens (SD3 has both)."""
+        idx = self.token_indices(words, tokens, encoder)
+        picked, names = self.step_indices(steps), self.layer_names(layers)
         if recipe == "daam":
             out = heatmap.upsample(heatmap.daam(self, idx, picked, names, heads, uncond),
                                    size or (self.height, self.width), mode="bicubic")

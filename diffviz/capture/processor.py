@@ -89,6 +89,10 @@ class CrossAttnProcessor:
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
             )
             probs = None
+            if attention_mask is not None and self.sink is not None and self.sink.wants(self.layer):
+                # masked keys (PixArt's T5 padding): the sink could not tell them from q and k alone
+                scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale
+                probs = (scores + attention_mask.float()).softmax(-1)
         else:
             scores = (query.float() @ key.float().transpose(-1, -2)) * attn.scale
             if attention_mask is not None:

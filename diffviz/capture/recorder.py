@@ -43,7 +43,9 @@ def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int
     attention = steps * cells * n_tokens * (2 if uncond else 1) * ATTN_DTYPE.itemsize
     own = sum((l.heads if heads else 1) * math.prod(l.size) for l in self_layers)
     attention += steps * own * queries * images * ATTN_DTYPE.itemsize
-    latents = images * (4 * steps + 1) * family.latent_channels() * math.prod(latent) * family.denoiser.dtype.itemsize
+    per_step = 4 if family.classifier_free else 3  # latents, x0, noise predictions (two under guidance)
+    values = math.prod(latent) * family.latent_channels()
+    latents = images * (per_step * steps + 1) * values * family.denoiser.dtype.itemsize
     return {"attention": attention, "latents": latents, "total": attention + latents}
 
 
@@ -202,6 +204,8 @@ class Recorder:
             self.pending[("probs", probs.shape)].append((layer, probs, None))
         else:
             self.pending[(query.shape, key.shape, attn.scale)].append((layer, query, key))
+        if self.family.maps_per_layer:
+            self._attention_of_step()
 
     def step(self, original, *args, **kwargs):
         """Wraps ``scheduler.step``: records the step, returns exactly what the scheduler returned."""

@@ -71,6 +71,10 @@ class Family:
 
     name = ""
     pipelines = ""  # what it handles, for error messages
+    classifier_free = True  # whether the pipeline can run classifier-free guidance (batch [uncond, cond])
+    # turn each layer's q/k into maps as soon as the layer ran, not batched at the end of the step: for
+    # transformers at 1024 px, holding every layer's queries (and their scores) until then costs gigabytes
+    maps_per_layer = False
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -157,8 +161,12 @@ class Family:
 
 
 from .sd import SDFamily  # noqa: E402, I001  (after Family: it subclasses it)
+from .sd3 import SD3Family  # noqa: E402, I001
+from .flux import FluxFamily  # noqa: E402, I001
+from .pixart import PixArtFamily  # noqa: E402, I001
 
-FAMILIES: tuple[type[Family], ...] = (SDFamily,)  # tried in order by family_of
+# tried in order by family_of
+FAMILIES: tuple[type[Family], ...] = (SDFamily, SD3Family, FluxFamily, PixArtFamily)
 
 
 def supported() -> str:

@@ -115,32 +115,14 @@ class SDFamily(Family):
         return [self.encoder]
 
     def read_prompt(self, ids: list[list[torch.Tensor]], prompt: int) -> PromptTokens:
-        """CLIP tokens: a word ends at a token spelt with ``</w>``; the start token, the first end token
-        and the padding after it belong to no word."""
-        calls = ids[0]
-        row = calls[0][min(prompt, len(calls[0]) - 1)].tolist()
-        tok = self.tokenizer
-        texts = tok.convert_ids_to_tokens(row)
-        end = tok.eos_token_id
-        n = next((i for i in range(1, len(row)) if row[i] == end), len(row) - 1)  # first end token
-        words: list[str] = []
-        tokens: list[Token] = []
-        piece = ""
-        for pos in range(len(row)):
-            word = None
-            if 0 < pos < n:
-                word = len(words)
-                piece += texts[pos].removesuffix("</w>")
-                if texts[pos].endswith("</w>") or pos == n - 1:
-                    words.append(piece)
-                    piece = ""
-            tokens.append(Token(pos, texts[pos], word))
-        negative = None
+        calls, tok = ids[0], self.tokenizer
+        out = clip_tokens(tok, calls[0][min(prompt, len(calls[0]) - 1)].tolist())
         if len(calls) > 1:
             neg = calls[1][min(prompt, len(calls[1]) - 1)].tolist()
+            end = tok.eos_token_id
             m = neg.index(end, 1) if end in neg[1:] else len(neg)
-            negative = tok.decode(neg[1:m])
-        return PromptTokens(tok.decode(row[1:n]), negative, words, tokens, special=[0, n])
+            out.negative_prompt = tok.decode(neg[1:m])
+        return out
 
     # ---- the schedule ------------------------------------------------------------------------------
     def _alpha_bar(self, t) -> torch.Tensor:
@@ -179,6 +161,28 @@ class SDFamily(Family):
 def _described(specs, latent: tuple[int, int]) -> list[Layer]:
     return [Layer(name, (math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)), heads, label, block)
             for name, level, block, label, heads in specs]
+
+
+def clip_tokens(tokenizer, row: list[int], encoder: str | None = None) -> PromptTokens:
+    """One CLIP input-id row read as words: a word ends at a token spelt with ``</w>``; the start token,
+    the first end token and the padding after it belong to no word. ``encoder`` names the tokens' encoder
+    (SD3 reads the prompt through CLIP and T5; None for SD)."""
+    texts = tokenizer.convert_ids_to_tokens(row)
+    end = tokenizer.eos_token_id
+    n = next((i for i in range(1, len(row)) if row[i] == end), len(row) - 1)  # first end token
+    words: list[str] = []
+    tokens: list[Token] = []
+    piece = ""
+    for pos in range(len(row)):
+        word = None
+        if 0 < pos < n:
+            word = len(words)
+            piece += texts[pos].removesuffix("</w>")
+            if texts[pos].endswith("</w>") or pos == n - 1:
+                words.append(piece)
+                piece = ""
+        tokens.append(Token(pos, texts[pos], word, encoder))
+    return PromptTokens(tokenizer.decode(row[1:n]), None, words, tokens, special=[0, n])
 
 
 class SDStepModel:

@@ -1,0 +1,146 @@
+"""Stable Diffusion 3 / 3.5: an MMDiT (``SD3Transformer2DModel``) whose joint attention reads CLIP-L,
+CLIP-G and T5.
+
+Each ``transformer_blocks.i.attn`` runs one softmax over the image tokens (a 2x2 patch of latents
+each) followed by the text tokens. The text keys are 77 CLIP positions (CLIP-L and CLIP-G states side by
+side in the channels, so one position holds both) and then T5's tokens (``max_sequence_length``,
+256 by default): key position 77 + i is T5 token i. The word maps are the image-query rows and text-key
+columns, renormalised over the text keys (``diffviz.capture.joint``). SD3.5's extra ``attn2`` is image
+self-attention and reads no prompt. The scheduler is flow matching (``flow.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ...trace import Layer, Token
+from .. import joint
+from . import CaptureError, PromptTokens, t5
+from .flow import FlowMatching
+from .sd import clip_tokens
+
+
+class SD3Family(FlowMatching):
+    name = "sd3"
+    pipelines = "StableDiffusion3Pipeline and its Img2Img/Inpaint variants (SD3, SD3.5: MMDiT, CLIP and T5)"
+    maps_per_layer = True
+
+    @classmethod
+    def matches(cls, pipe) -> bool:
+        return type(getattr(pipe, "transformer", None)).__name__ == "SD3Transformer2DModel"
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    def layers(self, latent: tuple[int, int]) -> list[Layer]:
+        p = self.denoiser.config.patch_size
+        size = (latent[0] // p, latent[1] // p)
+        return [Layer(f"transformer_blocks.{i}.attn", size, block.attn.heads, f"joint {i}", "joint")
+                for i, block in enumerate(self.denoiser.transformer_blocks)]
+
+    def processor(self, name: str, original, sink, edit):
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+        if type(original) is not JointAttnProcessor2_0:
+            raise CaptureError(
+                f"layer {name!r} runs a {type(original).__name__}, not diffusers' JointAttnProcessor2_0: "
+                "diffviz would replace it and drop its effect on the image (IP-Adapter, PAG and fused "
+                "processors are not traced on SD3 yet). Trace without it (e.g. pipe.unload_ip_adapter()), or "
+                "pick other layers with layers=..."
+            )
+        return JointProcessor(name, sink, edit)
+
+    def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
+        sample = args[0] if args else kwargs["hidden_states"]
+        return sample, torch.as_tensor(kwargs["timestep"]).reshape(-1)[0]
+
+    # ---- the prompt ------------------------------------------------------------------------------
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """CLIP-L (its tokens name the 77 CLIP positions; CLIP-G's are the same) and T5 when present."""
+        encoders = (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_3", None))
+        return [e for e in encoders if e is not None]
+
+    def read_prompt(self, ids: list[list[torch.Tensor]], prompt: int) -> PromptTokens:
+        """Words are T5's (it reads up to 256 tokens, CLIP 75, and keeps the case); CLIP's tokens are
+        matched to them by their letters. Without T5 (``text_encoder_3=None``) words are CLIP's."""
+        pipe = self.pipe
+        clip = clip_tokens(pipe.tokenizer, t5.first_row(ids[0], prompt), "clip")
+        if len(ids) < 2:
+            return clip
+        offset = pipe.tokenizer_max_length
+        text, words, tokens, special = t5.read(pipe.tokenizer_3, t5.first_row(ids[1], prompt), offset)
+        owner = t5.align(words, clip.words)
+        clip_tokens_ = [Token(tok.position, tok.text, None if tok.word is None else owner[tok.word], "clip")
+                        for tok in clip.tokens]
+        negative = None
+        if len(ids[1]) > 1:
+            negative = t5.read(pipe.tokenizer_3, t5.first_row(ids[1][1:], prompt), offset)[0]
+        return PromptTokens(text, negative, words, clip_tokens_ + tokens, special=clip.special + special)
+
+
+class JointProcessor:
+    """diffusers' ``JointAttnProcessor2_0`` op for op (so the image is bitwise unchanged), which hands the
+    sink the image queries [b, head, image, d] and text keys [b, head, text, d] it made anyway; with an
+    ``edit``, the image rows' text attention is changed as ``joint.edited`` describes."""
+
+    def __init__(self, layer: str, sink, edit):
+        self.layer, self.sink, self.edit = layer, sink, edit
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if encoder_hidden_states is not None:
+            shape = (batch_size, -1, attn.heads, head_dim)
+            text_q = attn.add_q_proj(encoder_hidden_states).view(shape).transpose(1, 2)
+            text_k = attn.add_k_proj(encoder_hidden_states).view(shape).transpose(1, 2)
+            text_v = attn.add_v_proj(encoder_hidden_states).view(shape).transpose(1, 2)
+            if attn.norm_added_q is not None:
+                text_q = attn.norm_added_q(text_q)
+            if attn.norm_added_k is not None:
+                text_k = attn.norm_added_k(text_k)
+            query = torch.cat([query, text_q], dim=2)
+            key = torch.cat([key, text_k], dim=2)
+            value = torch.cat([value, text_v], dim=2)
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        if encoder_hidden_states is not None:
+            n = residual.shape[1]  # image tokens first, then text
+            probs = None
+            if self.edit is not None:
+                out, probs = joint.edited(hidden_states[:, :, :n], query[:, :, :n], key[:, :, :n],
+                                          key[:, :, n:], value[:, :, n:], attn.scale,
+                                          functools.partial(self.edit, self.layer))
+                hidden_states = torch.cat([out, hidden_states[:, :, n:]], dim=2)
+            if self.sink is not None and self.sink.wants(self.layer):
+                self.sink.keep(self.layer, attn, query[:, :, :n], key[:, :, n:], probs)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : residual.shape[1]], hidden_states[:, residual.shape[1]:],
+            )
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states

@@ -1,0 +1,75 @@
+"""Words from T5 tokens (SentencePiece pieces), and one prompt's words matched across text encoders.
+
+T5 marks the first piece of a word with ``"▁"`` ("▁circle", or "▁" followed by character pieces for a
+word it does not know). diffviz makes a word of each run of pieces that starts at a ``"▁"``, and of
+each punctuation piece on its own (CLIP splits punctuation off a word the same way, so SD3's CLIP and
+T5 readings of a prompt give the same words). ``</s>`` and ``<pad>`` belong to no word.
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+
+import torch
+
+from ...trace import Token
+
+WORD_START = "\u2581"  # "▁"
+_PUNCTUATION = set(string.punctuation)
+
+
+def read(tokenizer, row: list[int], offset: int = 0,
+         encoder: str = "t5") -> tuple[str, list[str], list[Token], list[int]]:
+    """(prompt, words, tokens, special) of one T5 input-id row: ``tokens[i]`` is key position ``offset + i``;
+    ``special`` the key position of the first ``</s>``."""
+    pieces = tokenizer.convert_ids_to_tokens(row)
+    end = tokenizer.eos_token_id
+    n = row.index(end) if end in row else len(row)
+    specials = set(tokenizer.all_special_ids)
+    words: list[str] = []
+    tokens: list[Token] = []
+    previous_punct = True
+    for i, (piece, tid) in enumerate(zip(pieces, row, strict=True)):
+        word = None
+        if i < n and tid not in specials:
+            text = piece.removeprefix(WORD_START)
+            punct = bool(text) and all(c in _PUNCTUATION for c in text)
+            if piece.startswith(WORD_START) or punct or previous_punct or not words:
+                words.append("")
+            words[-1] += text
+            word, previous_punct = len(words) - 1, punct
+        tokens.append(Token(offset + i, piece, word, encoder))
+    prompt = tokenizer.decode(row[:n], skip_special_tokens=True)
+    return prompt, words, tokens, [offset + n] if n < len(row) else []
+
+
+def align(words: list[str], other: list[str]) -> list[int | None]:
+    """For each word of ``other`` (the same text as ``words``, split by another tokenizer), the index of
+    the word of ``words`` holding its first character, compared without case; None where none does."""
+    def chars(ws: list[str]) -> tuple[str, list[int]]:
+        text, owner = "", []
+        for i, w in enumerate(ws):
+            text += w.lower()
+            owner += [i] * len(w)
+        return text, owner
+
+    a, a_owner = chars(words)
+    b, _ = chars(other)
+    where: dict[int, int] = {}  # char of b -> char of a
+    for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
+        for k in range(block.size):
+            where[block.b + k] = block.a + k
+    out: list[int | None] = []
+    start = 0
+    for w in other:
+        hit = next((where[c] for c in range(start, start + len(w)) if c in where), None)
+        out.append(None if hit is None else a_owner[hit])
+        start += len(w)
+    return out
+
+
+def first_row(calls: list[torch.Tensor], prompt: int) -> list[int]:
+    """The input-id row of prompt number ``prompt`` in the first call of an encoder (the prompt batch)."""
+    ids = calls[0]
+    return ids[min(prompt, ids.shape[0] - 1)].tolist()

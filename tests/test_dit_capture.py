@@ -1,0 +1,271 @@
+"""Tracing diffusion transformers: tiny SD3, Flux and PixArt pipelines built from config (diffviz.testing)
+get the SD path's guarantees: the same image, the pipeline restored, files that round-trip, honest byte
+estimates, word maps per encoder, flow-matching x0, and edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diffviz
+from diffviz.testing import tiny_pipeline
+
+PROMPT = "a red circle left of a blue square"
+KINDS = ["sd3", "flux", "pixart"]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    made = {}
+    for kind in KINDS:
+        pipe = tiny_pipeline(kind)
+        pipe.set_progress_bar_config(disable=True)
+        made[kind] = pipe
+    return made
+
+
+def call(pipe, kind: str, prompt: str = PROMPT, steps: int = 3, **kw):
+    if kind == "flux":
+        kw = {"height": 64, "width": 64} | kw
+    if kind == "pixart":
+        kw = {"use_resolution_binning": False, "clean_caption": False} | kw
+    return pipe(prompt, num_inference_steps=steps, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kw).images
+
+
+@pytest.fixture(scope="module")
+def traces(pipes):
+    """(untraced image made first, traced image, trace) per family, every head kept."""
+    out = {}
+    for kind, pipe in pipes.items():
+        before = call(pipe, kind)[0]
+        with diffviz.trace(pipe, heads=True) as run:
+            image = call(pipe, kind)[0]
+        out[kind] = (before, image, run.trace)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_traced_image_is_bitwise_the_untraced_one_and_the_pipeline_is_restored(pipes, traces, kind):
+    before, image, _ = traces[kind]
+    assert np.array_equal(before, image)
+    procs = pipes[kind].transformer.attn_processors
+    assert all(type(p).__module__.startswith("diffusers.") for p in procs.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_holds_steps_layers_heads_words_and_estimate_equals_bytes(pipes, traces, kind):
+    tr = traces[kind][2]
+    blocks = {"sd3": {"joint"}, "flux": {"joint", "single"}, "pixart": {"cross"}}[kind]
+    assert {layer.block for layer in tr.layers} == blocks
+    assert tr.words == PROMPT.split()
+    assert tr.latents.shape == (4, 4, 32, 32) and tr.x0.shape == (3, 4, 32, 32)
+    assert tr.noise_cond.shape == (3, 4, 32, 32)
+    assert (tr.noise_uncond is None) == (kind == "flux")  # Flux-dev's guidance is a model input
+    for layer in tr.layers:
+        assert layer.size == (16, 16)  # 2x2 latent patches
+        assert tr.attn[layer.name].shape == (3, layer.heads, len(tr.tokens), 16, 16)
+    for word in set(tr.words):
+        m = tr.word_heatmap(word)
+        assert m.shape == (64, 64) and float(m.max()) == 1.0
+    est = diffviz.estimate_bytes(pipes[kind], 64, 64, 3, len(tr.tokens), heads=True)
+    held = sum(t.numel() * t.element_size() for t in [tr.latents, tr.x0, tr.noise_cond, tr.noise_uncond,
+                                                       *tr.attn.values()] if t is not None)
+    assert est["total"] == held
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_word_maps_are_renormalised_over_the_text_keys(pipes, kind):
+    """tokens='all': every text key is stored, and each pixel's attention over them sums to 1
+    (joint attention renormalised over the text keys; PixArt's masked T5 padding gets none)."""
+    with diffviz.trace(pipes[kind], tokens="all", heads=True) as run:
+        call(pipes[kind], kind, steps=2)
+    tr = run.trace
+    for maps in tr.attn.values():
+        assert torch.allclose(maps.float().sum(2), torch.ones(()), atol=5e-3)
+    if kind == "pixart":
+        pad = [i for i, t in enumerate(tr.tokens) if t.text == "<pad>"]
+        assert pad and all(float(m[:, :, pad].float().max()) == 0 for m in tr.attn.values())
+
+
+def test_sd3_words_have_clip_and_t5_tokens_and_the_encoder_is_selectable(traces):
+    tr = traces["sd3"][2]
+    red = [t for t in tr.tokens if t.word == tr.words.index("red")]
+    assert [(t.encoder, t.text) for t in red] == [("clip", "red</w>"), ("t5", "\u2581red")]
+    assert red[0].position < 77 <= red[1].position  # T5 keys follow CLIP's 77
+    clip, t5 = tr.word_heatmap("red", encoder="clip"), tr.word_heatmap("red", encoder="t5")
+    assert not torch.equal(clip, t5)
+    both = tr.heatmap("red", normalize=False)
+    parts = sum(tr.heatmap("red", encoder=e, normalize=False) for e in ("clip", "t5"))
+    assert torch.allclose(both, parts, atol=1e-6)  # a word's map sums its tokens over the encoders
+    with pytest.raises(ValueError, match="encoder"):
+        tr.word_heatmap("red", encoder="clip-g")
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_matching_x0_is_latents_minus_sigma_times_velocity(traces, kind):
+    tr = traces[kind][2]
+    assert tr.scheduler["name"] == "FlowMatchEulerDiscreteScheduler"
+    assert float(tr.sigma[0]) == 1.0 and bool((tr.sigma[1:] < tr.sigma[:-1]).all())
+    for i in range(tr.num_steps):
+        want = tr.latents[i] - tr.sigma[i] * tr.noise_guided[i]
+        assert torch.allclose(tr.x0[i], want, atol=1e-5)
+    assert torch.allclose(tr.x0[-1], tr.latents[-1], atol=1e-5)  # the last Euler step lands on x0
+    assert tr.preview(0).shape == (64, 64, 3) and tr.preview(-1, of="latents").shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(traces, kind, tmp_path):
+    tr = traces[kind][2]
+    again = diffviz.load_trace(tr.save(tmp_path / f"{kind}.dvz"))
+    assert again.tokens == tr.tokens and again.layers == tr.layers and again.words == tr.words
+    assert again.model["family"] == kind
+    for name in tr.attn:
+        assert torch.equal(again.attn[name], tr.attn[name])
+    assert torch.equal(again.x0, tr.x0) and torch.equal(again.image, tr.image)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_processors_are_restored_when_generation_raises(pipes, kind):
+    pipe = pipes[kind]
+    saved = dict(pipe.transformer.attn_processors)
+    calls = []
+
+    def boom(module, args):  # the second denoiser call fails, mid-generation
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("denoiser failed")
+
+    handle = pipe.transformer.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="denoiser failed"):
+            with diffviz.trace(pipe):
+                call(pipe, kind, steps=2)
+    finally:
+        handle.remove()
+    assert pipe.transformer.attn_processors == saved
+    assert "step" not in vars(pipe.scheduler)
+    assert not pipe.transformer._forward_pre_hooks and not pipe.transformer._forward_hooks
+
+
+def test_foreign_processor_is_refused_by_name(pipes):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe = pipes["sd3"]
+    saved = dict(pipe.transformer.attn_processors)
+    pipe.transformer.set_attn_processor({**saved, "transformer_blocks.1.attn.processor": AttnProcessor2_0()})
+    try:
+        with pytest.raises(diffviz.CaptureError, match="transformer_blocks.1.attn.*AttnProcessor2_0"):
+            with diffviz.trace(pipe):
+                call(pipe, "sd3", steps=2)
+        kept = pipe.transformer.attn_processors["transformer_blocks.1.attn.processor"]
+        assert type(kept) is AttnProcessor2_0
+    finally:
+        pipe.transformer.set_attn_processor(saved)
+
+
+def test_flux_true_cfg_is_refused_with_the_fix(pipes):
+    with pytest.raises(diffviz.CaptureError, match="true_cfg_scale"):
+        with diffviz.trace(pipes["flux"]):
+            call(pipes["flux"], "flux", steps=2, negative_prompt="a green square", true_cfg_scale=2.0)
+
+
+def test_layer_selector_picks_flux_single_stream_blocks(pipes):
+    with diffviz.trace(pipes["flux"], layers="single") as run:
+        call(pipes["flux"], "flux", steps=2)
+    assert [layer.label for layer in run.trace.layers] == ["single 0", "single 1"]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_reweight_by_one_changes_nothing_and_suppress_removes_the_word(pipes, traces, kind):
+    pipe, kw = pipes[kind], ({"height": 64, "width": 64} if kind == "flux" else {})
+    image, _ = diffviz.edit.reweight(pipe, PROMPT, "red", 1.0, num_inference_steps=3, output_type="np", **kw)
+    assert np.array_equal(np.asarray(image), traces[kind][0])
+    image, tr = diffviz.edit.suppress(pipe, PROMPT, "red", num_inference_steps=3, output_type="np", **kw)
+    assert not np.array_equal(np.asarray(image), traces[kind][0])
+    red = tr.token_indices("red")
+    assert all(float(m[:, :, red].float().max()) == 0 for m in tr.attn.values())
+    assert all(type(p).__module__.startswith("diffusers.") for p in pipe.transformer.attn_processors.values())
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_steer_and_inject_work_on_joint_attention(pipes, traces, kind):
+    pipe, kw = pipes[kind], ({"height": 64, "width": 64} if kind == "flux" else {})
+    _, tr = diffviz.edit.steer(pipe, PROMPT, "red", (0, 0, 32, 32), num_inference_steps=3, output_type="np",
+                               **kw)
+    m = tr.word_heatmap("red")
+    assert float(m[:32, :32].mean()) > 10 * float(m[32:, 32:].mean())  # the word's attention sits in the box
+    source = traces[kind][2]  # same seed and size: inject keeps "red"'s layout from the source
+    _, tr = diffviz.edit.inject(pipe, "a red square left of a blue square", source, "red",
+                                num_inference_steps=3, output_type="np", **kw)
+    red = tr.token_indices("red")
+    for name, maps in tr.attn.items():
+        want = source.attn[name][:, :, source.token_indices("red")].float().mean(1)
+        assert torch.allclose(maps[:, :, red].float().mean(1), want, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_several_images_per_call_give_one_trace_each(pipes, kind):
+    pipe = pipes[kind]
+    before = call(pipe, kind, prompt=[PROMPT, "a blue square"], num_images_per_prompt=2, steps=2)
+    with diffviz.trace(pipe) as run:
+        images = call(pipe, kind, prompt=[PROMPT, "a blue square"], num_images_per_prompt=2, steps=2)
+    assert np.array_equal(before, images)
+    assert [t.words for t in run.traces] == [PROMPT.split()] * 2 + [["a", "blue", "square"]] * 2
+    assert not torch.equal(run.traces[0].latents, run.traces[1].latents)  # two seeds' worth of noise
+
+
+@pytest.mark.parametrize("kind", ["flux", "pixart"])
+def test_attribution_rebuilds_the_traced_step_and_is_complete(pipes, traces, kind):
+    """Integrated gradients over T5's tokens: the rebuilt step predicts the traced x0, and the word
+    scores add up to the change from the baseline (completeness)."""
+    pipe, tr = pipes[kind], traces[kind][2]
+    model = pipe_family(pipe).step_model(tr, 1, "x0")
+    with torch.no_grad():
+        model.prepare()
+        pred = model.prediction(*model.encode(*model.ids))
+    assert torch.allclose(pred[0], tr.x0[1], atol=1e-4)
+    a = diffviz.attribute(pipe, tr, 1, word="red", n_steps=16)
+    assert abs(float(a.word_scores.sum()) - a.total) < 1e-3 * abs(a.total) + abs(a.delta)
+    assert a.pixel_map.shape == (64, 64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_report_and_explorer_open_a_trace_of_each_family(traces, kind, tmp_path):
+    from pathlib import Path
+
+    from diffviz import heatmap
+
+    tr = traces[kind][2]
+    html = Path(diffviz.report(tr, tmp_path / f"{kind}.html")).read_text()
+    assert PROMPT in html and "<script" in html
+    app = diffviz.explore(tr, ["red"])
+    blocks = {"sd3": ["joint blocks"], "flux": ["joint blocks", "single blocks"],
+              "pixart": ["cross blocks"]}[kind]
+    assert [label for label, _ in app.layers.options][1:1 + len(blocks)] == blocks
+    want = heatmap.per_step(tr, tr.token_indices("red"), range(tr.num_steps), tr.layer_names()).numpy()
+    heat = next(d for d in app.figure.data if type(d).__name__ == "Heatmap")
+    np.testing.assert_allclose(np.asarray(heat.z), want[0], atol=1e-6)
+
+
+def test_pixart_self_attention_maps_for_a_chosen_pixel(pipes, traces):
+    with diffviz.trace(pipes["pixart"], queries=[(10, 50)]) as run:
+        image = call(pipes["pixart"], "pixart")[0]
+    assert np.array_equal(image, traces["pixart"][0])
+    m = run.trace.self_heatmap(0)
+    assert m.shape == (64, 64) and float(m.max()) == 1.0
+    with pytest.raises(diffviz.CaptureError, match="queries"):  # SD3/Flux: joint attention only, for now
+        with diffviz.trace(pipes["sd3"], queries=[(10, 50)]):
+            call(pipes["sd3"], "sd3", steps=2)
+
+
+def test_sd3_attribution_is_refused_with_a_reason(pipes, traces):
+    with pytest.raises(NotImplementedError, match="sd3"):
+        diffviz.attribute(pipes["sd3"], traces["sd3"][2], 1)
+
+
+def pipe_family(pipe):
+    from diffviz.capture.families import family_of
+
+    return family_of(pipe)
