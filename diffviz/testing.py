@@ -13,7 +13,8 @@ they will run (a 12B-parameter model built on the CPU takes minutes).
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -155,10 +156,11 @@ def t5_tokenizer(words: Sequence[str] = WORDS, model_max_length: int = 512):
                            extra_ids=0, model_max_length=model_max_length)
 
 
-def _t5(tokenizer, d_model: int, layers: int, heads: int = 4, d_ff: int = 2, d_kv: int | None = None):
+def _t5(tokenizer, d_model: int, layers: int, heads: int = 4, d_ff: float = 2, d_kv: int | None = None):
     config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv or d_model // heads,
-                      d_ff=d_ff * d_model, num_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
-                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+                      d_ff=int(d_ff * d_model), num_layers=layers, num_heads=heads,
+                      feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0)
     return T5EncoderModel(config).eval()
 
 
@@ -225,3 +227,108 @@ def _tiny_dit(kind: str, scheduler_name: str, seed: int):
         return cls(tokenizer=t5_tok, text_encoder=_t5(t5_tok, 32, 2), vae=vae, transformer=transformer,
                    scheduler=scheduler(scheduler_name))
     raise ValueError(f"kind must be one of {TINY_KINDS}, not {kind!r}.")
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no memory, no initialisation);
+    buffers (position ids, sin-cos tables) are made as usual."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def _materialise(model: torch.nn.Module, device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """Random weights for a model built by ``_parameters_on_meta``, made on ``device`` in ``dtype``:
+    norm scales 1, biases 0, other weights normal(0, 0.02)."""
+    g = torch.Generator(device).manual_seed(seed)
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            t = torch.empty(p.shape, device=device, dtype=dtype)
+            if name == "bias":
+                t.zero_()
+            elif p.ndim == 1:
+                t.fill_(1.0)
+            else:
+                t.normal_(0.0, 0.02, generator=g)
+            module._parameters[name] = torch.nn.Parameter(t, requires_grad=False)
+    return torch.nn.Module.to(model, device, dtype).eval()  # buffers too; diffusers' .to() adds a warning
+
+
+# (T5: d_model, layers, heads, d_ff ratio, d_kv), (CLIP-L, CLIP-G: hidden, layers, heads), transformer config
+_DIT_SHAPES = {
+    "sd3": ((4096, 24, 64, 2.5, 64), (768, 12, 12), (1280, 32, 20), dict(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+        pooled_projection_dim=2048, pos_embed_max_size=192)),
+    "flux": ((4096, 24, 64, 2.5, 64), (768, 12, 12), None, dict(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56))),
+    # the same code path at a size a CPU test runs in a second (benchmarks/gpu_capture.py --tiny)
+    "sd3-tiny": ((64, 1, 4, 2, 16), (32, 1, 4), (32, 1, 4), dict(
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=32)),
+    "flux-tiny": ((32, 1, 4, 2, 8), (32, 1, 4), None, dict(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6))),
+}
+
+
+def full_size_dit(kind: str = "sd3", device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                  seed: int = 0):
+    """A random-weight pipeline with the shapes of SD3-medium ("sd3": 2B-parameter MMDiT, CLIP-L, CLIP-G,
+    T5-XXL) or Flux-dev ("flux": 12B-parameter transformer, 19 double- and 38 single-stream blocks, CLIP-L,
+    T5-XXL), 1024 px native; "sd3-tiny" and "flux-tiny" run the same code at test size. Built on the meta
+    device and initialised on ``device`` (seconds on a GPU; a 12B model built on a CPU takes minutes).
+    The vocabulary is ``WORDS``; the VAE is the 16-channel one of both models."""
+    from diffusers import (
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    if kind not in _DIT_SHAPES:
+        raise ValueError(f"kind must be one of {sorted(_DIT_SHAPES)}, not {kind!r}.")
+    (d_t5, n_t5, h_t5, ff_t5, kv_t5), clip_l, clip_g, config = _DIT_SHAPES[kind]
+    sd3, tiny = kind.startswith("sd3"), kind.endswith("tiny")
+    clip_tok, t5_tok = build_tokenizer(list(WORDS)), t5_tokenizer()
+    with _parameters_on_meta():
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32) if tiny else (128, 256, 512, 512), layers_per_block=1 if tiny else 2,
+            latent_channels=16, norm_num_groups=8 if tiny else 32,
+            down_block_types=("DownEncoderBlock2D",) * (2 if tiny else 4),
+            up_block_types=("UpDecoderBlock2D",) * (2 if tiny else 4), use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=1.5305 if sd3 else 0.3611, shift_factor=0.0609 if sd3 else 0.1159,
+        )
+        parts = {"vae": vae, "t5": _t5(t5_tok, d_t5, n_t5, heads=h_t5, d_ff=ff_t5, d_kv=kv_t5),
+                 "clip_l": _clip(clip_tok, clip_l[0], clip_l[1], with_projection=sd3, heads=clip_l[2], mlp=4)}
+        if sd3:
+            parts["clip_g"] = _clip(clip_tok, clip_g[0], clip_g[1], with_projection=True, heads=clip_g[2],
+                                    mlp=4)
+        parts["transformer"] = (SD3Transformer2DModel if sd3 else FluxTransformer2DModel)(**config)
+    made = {name: _materialise(m, device, dtype, seed + i) for i, (name, m) in enumerate(parts.items())}
+    if sd3:
+        return StableDiffusion3Pipeline(
+            transformer=made["transformer"], scheduler=flow_scheduler("sd3"), vae=made["vae"],
+            text_encoder=made["clip_l"], tokenizer=clip_tok, text_encoder_2=made["clip_g"],
+            tokenizer_2=clip_tok, text_encoder_3=made["t5"], tokenizer_3=t5_tok,
+        )
+    return FluxPipeline(transformer=made["transformer"], scheduler=flow_scheduler("flux"), vae=made["vae"],
+                        text_encoder=made["clip_l"], tokenizer=clip_tok, text_encoder_2=made["t5"],
+                        tokenizer_2=t5_tok)
