@@ -107,9 +107,11 @@ def test_sd3_words_have_clip_and_t5_tokens_and_the_encoder_is_selectable(traces)
 def test_flow_matching_x0_is_latents_minus_sigma_times_velocity(traces, kind):
     tr = traces[kind][2]
     assert tr.scheduler["name"] == "FlowMatchEulerDiscreteScheduler"
-    assert float(tr.sigma[0]) == 1.0 and bool((tr.sigma[1:] < tr.sigma[:-1]).all())
+    s = 1 / (1 + 1 / tr.sigma)  # the scheduler's sigma; trace.sigma is the noise-to-signal ratio (inf at s=1)
+    assert float(s[0]) == 1.0 and bool((s[1:] < s[:-1]).all())
+    assert torch.allclose(tr.alpha_bar, 1 / (1 + tr.sigma**2))  # sigma = sqrt((1 - alpha_bar) / alpha_bar)
     for i in range(tr.num_steps):
-        want = tr.latents[i] - tr.sigma[i] * tr.noise_guided[i]
+        want = tr.latents[i] - s[i] * tr.noise_guided[i]
         assert torch.allclose(tr.x0[i], want, atol=1e-5)
     assert torch.allclose(tr.x0[-1], tr.latents[-1], atol=1e-5)  # the last Euler step lands on x0
     assert tr.preview(0).shape == (64, 64, 3) and tr.preview(-1, of="latents").shape == (64, 64, 3)

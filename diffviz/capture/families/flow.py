@@ -2,9 +2,12 @@
 
 The latents at step i are ``x_t = (1 - s) * x0 + s * noise`` with the scheduler's sigma ``s`` (1 at the
 start, 0 at the end), and the model predicts the velocity ``v = noise - x0``, so ``x0 = x_t - s * v``.
-A trace stores ``sigma = s`` and, to compare with DDPM-style schedules, ``alpha_bar = (1 - s)^2 /
-((1 - s)^2 + s^2)``: the signal fraction of a variance-preserving schedule with the same signal-to-noise
-ratio. ``noise_cond`` / ``noise_uncond`` hold the velocity predictions.
+A trace stores what it stores for every family, so its views read the same: ``sigma`` the
+noise-to-signal ratio ``s / (1 - s)`` (infinite at the first step, where s = 1) and ``alpha_bar =
+(1 - s)^2 / ((1 - s)^2 + s^2)``, the signal fraction of a variance-preserving schedule with the same
+signal-to-noise ratio (so ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` as for DDPM-style schedules).
+The scheduler's own sigma is ``s = sigma / (1 + sigma)``. ``noise_cond`` / ``noise_uncond`` hold the
+velocity predictions.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class FlowMatching(Family):
 
     def schedule(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self._sigmas(t)
-        return (1 - s) ** 2 / ((1 - s) ** 2 + s**2), s
+        return (1 - s) ** 2 / ((1 - s) ** 2 + s**2), s / (1 - s)
 
     def x0(self, model_output: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
         """x_t - sigma * v. Called right after ``scheduler.step`` ran, whose step index then points at the

@@ -228,7 +228,7 @@ class FluxStepModel:
         self.img_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, torch.float32)
         self.txt_ids = torch.zeros(n_text, 3, device=self.device)
         self.t = trace.timesteps[step].to(self.device, torch.float32) / 1000
-        self.sigma = float(trace.sigma[step])
+        self.sigma = 1 / (1 + 1 / float(trace.sigma[step]))  # the scheduler's s (trace.sigma = s / (1 - s))
         guidance = trace.model.get("guidance")
         self.guidance = None if guidance is None else torch.tensor([guidance], device=self.device)
         self.pooled = None
