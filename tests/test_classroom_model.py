@@ -14,8 +14,34 @@ def pipe():
     return load_pipeline()
 
 
-def test_shipped_model_loads_offline_and_generates(pipe, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+OFFLINE_PROBE = """
+import socket
+
+def refuse(*args, **kwargs):
+    raise OSError("network use while loading the classroom model")
+
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from diffviz.classroom import load_pipeline
+pipe = load_pipeline()
+print(pipe("a red circle", num_inference_steps=2, output_type="np").images.shape)
+"""
+
+
+def test_shipped_model_loads_with_no_network_and_no_hub_cache(tmp_path):
+    """A fresh process with the hub offline, an empty hub cache and every socket refused."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    done = subprocess.run([sys.executable, "-c", OFFLINE_PROBE], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(f"(1, {IMAGE_SIZE}, {IMAGE_SIZE}, 3)")
+
+
+def test_shipped_model_generates(pipe):
     assert pipe.device.type == "cpu"
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size * 4 == IMAGE_SIZE
     assert pipe.text_encoder.config.num_hidden_layers == 0
