@@ -16,6 +16,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from plotly.basedatatypes import Undefined
 from plotly.subplots import make_subplots
 
 from .. import heatmap
@@ -112,8 +113,7 @@ class Explorer(widgets.VBox):
 
         self.figure = self._build_figure()
         self._select()
-        self._show_step()
-        self._draw_lines()
+        self._redraw(lines_y=True)
         self.step.observe(lambda _: self._on_step(), "value")
         self.words.observe(lambda _: self._on_selection(), "value")
         self.heads.observe(lambda _: self._quiet or self._on_selection(), "value")
@@ -206,63 +206,70 @@ class Explorer(widgets.VBox):
         else:
             self._zmax = max((float(m.max()) for m in self._maps if m is not None), default=1.0) or 1.0
 
+    def _update_figure(self, traces: dict[int, dict], layout: dict) -> None:
+        """One update of the figure (one redraw in the page): ``traces`` {trace index: {property:
+        value}}, ``layout`` {property path: value}. A trace may leave out only a property it does not
+        have: plotly.js's widget model writes ``undefined`` into its copy of the figure for a trace an
+        update has no value for, and draws from that copy whenever the output is shown (the heat map's
+        opacity was lost that way when a batch also set the lines' opacity)."""
+        idx = sorted(traces)
+        props = sorted({p for t in traces.values() for p in t})
+        self.figure.plotly_update({p: [traces[i].get(p, Undefined) for i in idx] for p in props}, layout, idx)
+
     def _show_step(self) -> None:
-        s, fig = self.step.value, self.figure
-        # only images' sources and heat maps' z in one update: see _draw_lines
-        with fig.batch_update():
-            for r in range(len(self.traces)):
-                fig.data[r * PER_ROW + X0].source = self._pictures[r, "x0", s]
-                fig.data[r * PER_ROW + NOISY].source = self._pictures[r, "latents", s]
-            self._draw_heat()
-            fig.layout.shapes[0].update(x0=s, x1=s)
-            fig.layout.title.text = self._title(s)
+        s = self.step.value
+        traces, layout = self._heat(z_only=True)
+        for r in range(len(self.traces)):
+            traces[r * PER_ROW + X0] = {"source": self._pictures[r, "x0", s]}
+            traces[r * PER_ROW + NOISY] = {"source": self._pictures[r, "latents", s]}
+        self._update_figure(traces, {**layout, "shapes[0].x0": s, "shapes[0].x1": s,
+                                     "title.text": self._title(s)})
 
     def _title(self, s: int) -> str:
         tr = self.trace
         where = "" if len(self.traces) > 1 else f"“{tr.prompt}”, {_run_words(tr)} · "
         return f"{where}step {s} of {tr.num_steps - 1} (t={float(tr.timesteps[s]):g})"
 
-    def _draw_heat(self) -> None:
-        s, fig = self.step.value, self.figure
+    def _heat(self, z_only: bool = False) -> tuple[dict, dict]:
+        """Updates of the heat maps at the current step: z (and, unless ``z_only``, scale, colour bar,
+        opacity and titles) of every row."""
+        s, traces, layout = self.step.value, {}, {}
         where = "all layers" if self._layers is None else self.layers.label
         head = "" if self._heads is None else f", head {self._heads}"
+        picked = d.words_title(self.trace, list(self.words.value))
         for r, maps in enumerate(self._maps):
-            heat = fig.data[r * PER_ROW + HEAT]
-            ann = fig.layout.annotations[self._titles[r, 3]]
-            heat.zmax = self._zmax
-            if maps is None:
-                heat.z = self._blank(self.traces[r])
-                picked = d.words_title(self.trace, list(self.words.value))
-                ann.text = f"{picked}: not in this prompt" if r and self.words.value else "pick a word"
+            z = self._blank(self.traces[r]) if maps is None else maps[s].numpy()
+            traces[r * PER_ROW + HEAT] = {"z": z} if z_only else {
+                "z": z, "zmax": self._zmax, "opacity": self.opacity.value,
+                "showscale": r == 0 and any(m is not None for m in self._maps)}  # no words: no colour bar
+            if maps is not None:
+                layout[f"annotations[{self._titles[r, 3]}].text"] = f"{picked}, {where}{head}"
             else:
-                heat.z = maps[s].numpy()
-                ann.text = f"{d.words_title(self.trace, list(self.words.value))}, {where}{head}"
-        fig.data[HEAT].showscale = any(m is not None for m in self._maps)  # no words: no colour bar
+                layout[f"annotations[{self._titles[r, 3]}].text"] = (
+                    f"{picked}: not in this prompt" if r and self.words.value else "pick a word")
+        return traces, layout
 
-    def _draw_lines(self) -> None:
-        """Each word's share of attention per step over the layer filter: picked words in the accent
-        colour, colour words in their colour. Updated by one restyle that gives a value for every
-        line: plotly.js's widget model applies an update to its copy of the figure with ``undefined``
-        for a trace the update has no value for (the heat map's opacity was lost that way), and
-        draws from that copy whenever the output is shown."""
+    def _lines(self, y: bool = True) -> tuple[dict, dict]:
+        """Updates of the word lines: each word's share of attention per step over the layer filter
+        (``y``: only when the filter changed), picked words in the accent colour, colour words in their
+        colour, the rest grey; and the chart's title."""
         layers = self.trace.layer_names(self._layers)
-        ys, colours, widths, opacity = [], [], [], []
+        traces, i = {}, len(self.traces) * PER_ROW
         for r, tr in enumerate(self.traces):
-            idx = [i for i, l in enumerate(tr.layers) if l.name in layers] or list(range(len(tr.layers)))
+            idx = [k for k, l in enumerate(tr.layers) if l.name in layers] or list(range(len(tr.layers)))
             mass = self._mass[r][idx].mean(0)  # [step, word]
             share = 100 * mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
             picked = set(self._row_words(r))
             for w, word in enumerate(tr.words):
                 own = COLOUR_WORDS.get(word.lower())
-                ys.append(share[:, w].tolist())
-                colours.append(own or (ACCENT if w in picked else GREY))
-                widths.append(3.5 if w in picked else 1.5)
-                opacity.append(1.0 if w in picked or own is None else 0.45)
-        first = len(self.traces) * PER_ROW
-        self.figure.plotly_restyle({"y": ys, "line.color": colours, "line.width": widths, "opacity": opacity},
-                                   list(range(first, first + len(ys))))
+                traces[i] = {"line.color": own or (ACCENT if w in picked else GREY),
+                             "line.width": 3.5 if w in picked else 1.5,
+                             "opacity": 1.0 if w in picked or own is None else 0.45}
+                if y:
+                    traces[i]["y"] = share[:, w].tolist()
+                i += 1
         what = "all layers" if self._layers is None else self.layers.label
-        self.figure.layout.annotations[self._lines_title].text = f"each word's share of attention, {what}"
+        return traces, {f"annotations[{self._lines_title}].text": f"each word's share of attention, {what}"}
 
     def _blank(self, trace: Trace) -> list[list[float]]:
         """[h, w] zeros on the attention grid: the heat map when no word is picked."""
@@ -364,11 +371,21 @@ class Explorer(widgets.VBox):
         return {"images": images, "heat": [r * PER_ROW + HEAT for r in rows], "steps": steps}
 
     @d.one_thread
-    def _on_selection(self) -> None:
+    def _on_selection(self, lines_y: bool = False) -> None:
         self._select()
-        with self.figure.batch_update():
-            self._draw_heat()
-        self._draw_lines()
+        self._redraw(lines_y)
+
+    def _redraw(self, lines_y: bool) -> None:
+        """The figure for the current selection, at the current step: one update."""
+        heat, heat_layout = self._heat()
+        lines, lines_layout = self._lines(y=lines_y)
+        s = self.step.value
+        traces = {**heat, **lines}
+        for r in range(len(self.traces)):
+            traces[r * PER_ROW + X0] = {"source": self._pictures[r, "x0", s]}
+            traces[r * PER_ROW + NOISY] = {"source": self._pictures[r, "latents", s]}
+        self._update_figure(traces, {**heat_layout, **lines_layout, "shapes[0].x0": s, "shapes[0].x1": s,
+                            "title.text": self._title(s)})
 
     def _on_layers(self) -> None:
         self._quiet = True
@@ -379,12 +396,11 @@ class Explorer(widgets.VBox):
         names = self.trace.layer_names(self._layers)
         self.layer_hover.value = (f"<small title='{names[0]}'>module {names[0]}</small>" if len(names) == 1
                                   else "")
-        self._on_selection()
+        self._on_selection(lines_y=True)
 
     def _on_opacity(self) -> None:
-        with self.figure.batch_update():
-            for r in range(len(self.traces)):
-                self.figure.data[r * PER_ROW + HEAT].opacity = self.opacity.value
+        rows = range(len(self.traces))
+        self._update_figure({r * PER_ROW + HEAT: {"opacity": self.opacity.value} for r in rows}, {})
 
     def _update_head_options(self) -> None:
         """Heads to pick: those every selected layer has (of every row); none when only the head mean
