@@ -117,7 +117,8 @@ def load_trace(path: str | Path) -> Trace:
             model=meta["model"], scheduler=meta["scheduler"], options=meta["options"],
             queries=meta.get("queries", []),
             self_layers=[Layer(n, tuple(s), h, *rest) for n, s, h, *rest in meta.get("self_layers", [])],
-            self_attn={k.removeprefix("self_attn/"): v for k, v in tensors.items() if k.startswith("self_attn/")},
+            self_attn={k.removeprefix("self_attn/"): v for k, v in tensors.items()
+                       if k.startswith("self_attn/")},
         )
     except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
         raise TraceFileError(f"{str(path)!r} is missing part of a trace ({type(err).__name__}: {err}); it was "

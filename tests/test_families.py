@@ -22,13 +22,14 @@ KW = {"num_inference_steps": 4, "height": 64, "width": 64}
 
 def test_layer_selector_matches_whole_parts_of_a_path():
     layers = [Layer(f"up_blocks.{i}.attentions.0.attn{a}", (8, 8) if i < 10 else (4, 4), 2, block="up")
-              for i in (1, 10) for a in (1, 2)] + [Layer("mid_block.attentions.0.attn2", (4, 4), 2, block="mid")]
-    assert select_layers(layers, "up_blocks.1") == ["up_blocks.1.attentions.0.attn1", "up_blocks.1.attentions.0.attn2"]
-    assert select_layers(layers, "attn1") == ["up_blocks.1.attentions.0.attn1", "up_blocks.10.attentions.0.attn1"]
+              for i in (1, 10) for a in (1, 2)]
+    layers.append(Layer("mid_block.attentions.0.attn2", (4, 4), 2, block="mid"))
+    assert select_layers(layers, "up_blocks.1") == [layers[0].name, layers[1].name]
+    assert select_layers(layers, "attn1") == [layers[0].name, layers[2].name]  # up_blocks.1 and .10
     assert select_layers(layers, "4x4") == [layers[2].name, layers[3].name, layers[4].name]
     assert select_layers(layers, ["mid", "up_blocks.10"]) == [layers[2].name, layers[3].name, layers[4].name]
     assert select_layers(layers, "up_blocks.1.attentions.0.attn2") == [layers[1].name]
-    with pytest.raises(ValueError, match=r"no captured layer matches 'up_blocks.2'.*\['up', 'mid'\].*'8x8', '4x4'"):
+    with pytest.raises(ValueError, match=r"matches 'up_blocks.2'.*\['up', 'mid'\].*'8x8', '4x4'"):
         select_layers(layers, "up_blocks.2")
     with pytest.raises(ValueError, match="matches 'attn'"):  # a part of a name is not a part of the path
         select_layers(layers, "attn")
@@ -215,3 +216,19 @@ def test_self_attention_queries_are_checked(sd_pipe):
         generate(sd_pipe, steps=1)
     with pytest.raises(ValueError, match="queries="):
         run.self_heatmap()
+
+
+def test_each_image_keeps_its_own_unconditional_rows(sd_pipe):
+    kw = {"num_inference_steps": 2, "height": 64, "width": 64}
+    with diffviz.trace(sd_pipe, uncond=True, queries=[(8, 8)]) as run:
+        sd_pipe([PROMPT, "a blue square"], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw)
+    with diffviz.trace(sd_pipe, uncond=True, queries=[(8, 8)]) as alone:
+        sd_pipe("a blue square", generator=torch.Generator().manual_seed(1), **kw)
+    for store in ("attn", "attn_uncond", "self_attn"):
+        mine, ref = getattr(run[1], store), getattr(alone, store)
+        assert mine.keys() == ref.keys() and ref
+        for name in ref:
+            torch.testing.assert_close(mine[name].float(), ref[name].float(), atol=1e-3, rtol=0)
+    name = alone.layers[0].name  # image 0 (other noise) has other unconditional maps at position 1
+    first = [r.attn_uncond[name][:, :, 0].float() for r in run]
+    assert not torch.allclose(first[0], first[1], atol=1e-3)

@@ -5,4 +5,5 @@ from .families import CaptureError, family_of
 from .install import processors, trace
 from .recorder import DEFAULT_MAX_BYTES, Capture, estimate_bytes
 
-__all__ = ["DEFAULT_MAX_BYTES", "Capture", "CaptureError", "estimate_bytes", "family_of", "processors", "trace"]
+__all__ = ["DEFAULT_MAX_BYTES", "Capture", "CaptureError", "estimate_bytes", "family_of", "processors",
+           "trace"]

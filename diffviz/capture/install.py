@@ -27,7 +27,8 @@ def _default_layers(family: Family):
 
 @contextmanager
 def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, layers: Layers = None,
-               edit_layers: Sequence[str] | None = None, self_layers: Sequence[str] = ()) -> Iterator[list[str]]:
+               edit_layers: Sequence[str] | None = None,
+               self_layers: Sequence[str] = ()) -> Iterator[list[str]]:
     """Install diffviz's processor on the prompt-reading layers picked by ``layers`` (the layer selector;
     resolutions at the model's default image size); yields their names. ``edit(layer, probs)`` changes
     the attention on ``edit_layers`` (default: all of them). ``self_layers``: self-attention modules
@@ -40,9 +41,9 @@ def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, laye
     denoiser = family.denoiser
     saved = dict(denoiser.attn_processors)
     if any(is_ours(p) for p in saved.values()):
-        raise CaptureError("this pipeline is already being traced (a `with diffviz.trace(pipe)` block or an edit "
-                           "is running on it): diffviz traces one generation at a time. Use the trace you "
-                           "have, or trace after that block ends.")
+        raise CaptureError("this pipeline is already being traced (a `with diffviz.trace(pipe)` block or an "
+                           "edit is running on it): diffviz traces one generation at a time. Use the trace "
+                           "you have, or trace after that block ends.")
     editing = set(names if edit_layers is None else edit_layers)
     replaced = {}
     for key, proc in saved.items():
@@ -84,8 +85,9 @@ def _check_selector(family: Family, layers: Layers) -> None:
 
 
 @contextmanager
-def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
-              max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None, edit_layers: Sequence[str] | None = None,
+def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
+              tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
+              edit_layers: Sequence[str] | None = None,
               queries: Sequence[Sequence[float]] | None = None) -> Iterator[Recorder]:
     """``trace`` for diffviz's own callers (the edits): yields the Recorder itself."""
     rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
@@ -93,10 +95,12 @@ def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool 
     family = rec.family
     _check_selector(family, layers)
     h, w = family.default_size()
-    own = [l.name for l in family.self_layers((h // family.vae_scale, w // family.vae_scale))] if queries else []
+    latent = (h // family.vae_scale, w // family.vae_scale)
+    own = [l.name for l in family.self_layers(latent)] if queries else []
     if queries and not own:
-        raise CaptureError(f"this {type(pipe).__name__} has no self-attention (image to image) layers, so there "
-                           "is nothing for queries= to show (the classroom model's attn1 reads the prompt).")
+        raise CaptureError(f"this {type(pipe).__name__} has no self-attention (image to image) layers, so "
+                           "there is nothing for queries= to show (the classroom model's attn1 reads the "
+                           "prompt).")
     with ExitStack() as stack:
         stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers, self_layers=own))
         hooks = [enc.register_forward_pre_hook(functools.partial(rec.on_text_encoder, i), with_kwargs=True)
