@@ -4,8 +4,9 @@
 
 Runs untraced and traced generations interleaved (so drift in machine load hits both alike) on a
 tiny random-weight pipeline built from config, and prints the median wall time and process CPU
-time of each and their ratios, for the default capture and for all heads with the unconditional
-half. On a shared machine the CPU-time ratio is the steadier of the two.
+time of each and their ratios, for the default capture, for all heads with the unconditional
+half, and for the default capture plus the self-attention of two queries (a pixel and a quarter of
+the image, ``queries=``). On a shared machine the CPU-time ratio is the steadier of the two.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main() -> None:
         return pipe("a red circle left of a blue square", num_inference_steps=args.steps, height=64, width=64,
                     generator=torch.Generator().manual_seed(0)).images[0]
 
-    modes = {"untraced": None, "default capture": {}, "all heads + uncond": {"heads": True, "uncond": True}}
+    modes = {"untraced": None, "default capture": {}, "all heads + uncond": {"heads": True, "uncond": True},
+             "+ 2 self-attn queries": {"queries": [(16, 16), (0, 0, 32, 32)]}}
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     images: dict[str, np.ndarray] = {}
