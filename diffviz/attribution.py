@@ -161,7 +161,12 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
             attr, d = ig.attribute(tuple(model.ids), baselines=tuple(base_ids), n_steps=n_steps,
                                    internal_batch_size=internal_batch_size, return_convergence_delta=True)
             parts = attr if isinstance(attr, list) else [attr]
-            per_position = sum(a[0].float().sum(-1) for a in parts)  # [77]
+            # encoder e's ids sit at text keys offsets[e] + i: SDXL's two CLIPs share them, SD3's T5 follows
+            offsets = getattr(model, "offsets", [0] * len(parts))
+            per_position = torch.zeros(max(o + a.shape[1] for o, a in zip(offsets, parts, strict=True)),
+                                       device=parts[0].device)
+            for o, a in zip(offsets, parts, strict=True):
+                per_position[o:o + a.shape[1]] += a[0].float().sum(-1)
             delta = float(d.reshape(-1)[0])
         else:
             def forward_embeds(embeds: torch.Tensor) -> torch.Tensor:

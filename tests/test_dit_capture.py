@@ -218,10 +218,11 @@ def test_several_images_per_call_give_one_trace_each(pipes, kind):
     assert not torch.equal(run.traces[0].latents, run.traces[1].latents)  # two seeds' worth of noise
 
 
-@pytest.mark.parametrize("kind", ["flux", "pixart"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_attribution_rebuilds_the_traced_step_and_is_complete(pipes, traces, kind):
-    """Integrated gradients over T5's tokens: the rebuilt step predicts the traced x0, and the word
-    scores add up to the change from the baseline (completeness)."""
+    """Integrated gradients over the token embeddings (SD3: CLIP-L, CLIP-G and T5; Flux, PixArt: T5):
+    the rebuilt step predicts the traced x0, and the word scores add up to the change from the
+    baseline (completeness)."""
     pipe, tr = pipes[kind], traces[kind][2]
     model = pipe_family(pipe).step_model(tr, 1, "x0")
     with torch.no_grad():
@@ -260,11 +261,6 @@ def test_pixart_self_attention_maps_for_a_chosen_pixel(pipes, traces):
     with pytest.raises(diffviz.CaptureError, match="queries"):  # SD3/Flux: joint attention only, for now
         with diffviz.trace(pipes["sd3"], queries=[(10, 50)]):
             call(pipes["sd3"], "sd3", steps=2)
-
-
-def test_sd3_attribution_is_refused_with_a_reason(pipes, traces):
-    with pytest.raises(NotImplementedError, match="sd3"):
-        diffviz.attribute(pipes["sd3"], traces["sd3"][2], 1)
 
 
 def pipe_family(pipe):

@@ -56,7 +56,15 @@ class SD3Family(FlowMatching):
 
     def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
         sample = args[0] if args else kwargs["hidden_states"]
+        self._n_text = int(kwargs["encoder_hidden_states"].shape[1])
         return sample, torch.as_tensor(kwargs["timestep"]).reshape(-1)[0]
+
+    def model_info(self) -> dict:
+        """Adds the number of text keys (77 + T5's max_sequence_length), which attribution needs."""
+        return super().model_info() | {"text_keys": getattr(self, "_n_text", None)}
+
+    def step_model(self, trace, step: int, target: str) -> SD3StepModel:
+        return SD3StepModel(self, trace, step, target)
 
     # ---- the prompt ------------------------------------------------------------------------------
     def text_encoders(self) -> list[torch.nn.Module]:
@@ -144,3 +152,74 @@ class JointProcessor:
         if encoder_hidden_states is not None:
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+
+class SD3StepModel:
+    """The transformer call at one traced step as a function of the token ids of CLIP-L, CLIP-G and T5
+    (float32), for attribution. ``offsets``: the text key of each encoder's first id (the CLIPs share keys
+    0..76, T5 follows). ``prediction(embeds, pooled)``: [n, C, h, w] guided x0 or velocity."""
+
+    def __init__(self, family: SD3Family, trace, step: int, target: str):
+        pipe = family.pipe
+        self.pipe, self.trace, self.target = pipe, trace, target
+        self.denoiser, self.device = pipe.transformer, pipe.transformer.device
+        self.n_clip = pipe.tokenizer_max_length
+        n_t5 = (trace.model.get("text_keys") or self.n_clip + 256) - self.n_clip
+        t5 = getattr(pipe, "text_encoder_3", None)
+        # T5's stack: its embed_tokens is the one it runs (transformers 5 keeps a separate `shared`)
+        self.encoders = [pipe.text_encoder, pipe.text_encoder_2] + ([t5.encoder] if t5 is not None else [])
+        self.tokenizers = [(pipe.tokenizer, self.n_clip), (pipe.tokenizer_2, self.n_clip)]
+        self.tokenizers += [(pipe.tokenizer_3, n_t5)] if t5 is not None else []
+        self.offsets = [0, 0, self.n_clip][: len(self.encoders)]
+        self.n_t5, self.dim = n_t5, pipe.transformer.config.joint_attention_dim
+        self.ids = self._tokenize(trace.prompt)
+        self.cfg = trace.noise_uncond is not None
+        self.latent = trace.latents[step].to(self.device, torch.float32)[None]
+        self.t = trace.timesteps[step].to(self.device)
+        self.sigma = 1 / (1 + 1 / float(trace.sigma[step]))  # the scheduler's s (trace.sigma = s / (1 - s))
+        self.uncond = None
+
+    def _tokenize(self, text: str) -> list[torch.Tensor]:
+        return [tok(text, padding="max_length", max_length=n, truncation=True, add_special_tokens=True,
+                    return_tensors="pt").input_ids.to(self.device) for tok, n in self.tokenizers]
+
+    def baseline_ids(self, positions=None) -> list[torch.Tensor]:
+        """Every encoder's ids with the word tokens (or the text keys ``positions``) made padding."""
+        words = [t.position for t in self.trace.tokens if t.word is not None]
+        keys = words if positions is None else positions
+        out = []
+        for (tok, n), offset, ids in zip(self.tokenizers, self.offsets, self.ids, strict=True):
+            ids = ids.clone()
+            ids[:, [k - offset for k in keys if offset <= k < offset + n]] = tok.pad_token_id
+            out.append(ids)
+        return out
+
+    def prepare(self) -> None:
+        with torch.no_grad():
+            self.uncond = self.encode(*self._tokenize(self.trace.negative_prompt or ""))
+
+    def encode(self, *ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids -> (embeds [n, text keys, D], pooled [n, P]), as the pipeline's encode_prompt."""
+        clip_l = self.encoders[0](ids[0], output_hidden_states=True)
+        clip_g = self.encoders[1](ids[1], output_hidden_states=True)
+        clip = torch.cat([clip_l.hidden_states[-2], clip_g.hidden_states[-2]], dim=-1)
+        clip = F.pad(clip, (0, self.dim - clip.shape[-1]))
+        n = ids[0].shape[0]
+        t5 = self.encoders[2](ids[2])[0] if len(ids) > 2 else clip.new_zeros(n, self.n_t5, self.dim)
+        return torch.cat([clip, t5], dim=-2), torch.cat([clip_l[0], clip_g[0]], dim=-1)
+
+    def prediction(self, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        n = embeds.shape[0]
+        x = self.latent.expand(n, -1, -1, -1)
+        if self.cfg:
+            ue, up = self.uncond
+            embeds, pooled = torch.cat([ue.expand(n, -1, -1), embeds]), torch.cat([up.expand(n, -1), pooled])
+            x = torch.cat([x, x])
+        out = self.denoiser(hidden_states=x, timestep=self.t.expand(x.shape[0]), encoder_hidden_states=embeds,
+                            pooled_projections=pooled, return_dict=False)[0].float()
+        if self.cfg:
+            u, c = out.chunk(2)
+            out = u + self.trace.guidance_scale * (c - u)
+        if self.target == "noise":
+            return out
+        return self.latent - self.sigma * out
