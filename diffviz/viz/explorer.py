@@ -3,8 +3,10 @@
 Every control redraws from data already in the trace (no model call): pictures are the fast
 linear preview, PNG-encoded once per step when the app is built; the heat maps of the current
 word, layer and head selection are computed for all steps at once, so moving the step slider only
-swaps arrays. ``explore(a, compare=b)`` shows two traces (two prompts, seeds, or a run with and
-without an edit) row above row on one step slider.
+swaps arrays; play sends every step of the selection to the page once and the page draws them
+(a hidden companion widget, which also keeps the figure as wide as its cell). ``explore(a,
+compare=b)`` shows two traces (two prompts, seeds, or a run with and without an edit) row above
+row on one step slider.
 """
 
 from __future__ import annotations
