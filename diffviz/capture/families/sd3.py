@@ -27,6 +27,7 @@ class SD3Family(FlowMatching):
     name = "sd3"
     pipelines = "StableDiffusion3Pipeline and its Img2Img/Inpaint variants (SD3, SD3.5: MMDiT, CLIP and T5)"
     maps_per_layer = True
+    _n_text: int | None = None  # text keys (77 + T5's), read at the first denoiser call
 
     @classmethod
     def matches(cls, pipe) -> bool:
@@ -61,7 +62,7 @@ class SD3Family(FlowMatching):
 
     def model_info(self) -> dict:
         """Adds the number of text keys (77 + T5's max_sequence_length), which attribution needs."""
-        return super().model_info() | {"text_keys": getattr(self, "_n_text", None)}
+        return super().model_info() | {"text_keys": self._n_text}
 
     def step_model(self, trace, step: int, target: str) -> SD3StepModel:
         return SD3StepModel(self, trace, step, target)
