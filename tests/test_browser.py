@@ -210,7 +210,7 @@ def open_notebook(browser, jupyterlab, name: str):
     plot.wait_for(state="visible", timeout=120_000)
     page.wait_for_function("""() => { const gd = document.querySelector('.jp-OutputArea .js-plotly-plot');
         return gd && gd._fullData && gd._fullData.some(t => t.type === 'heatmap')
-            && gd.querySelectorAll('g.imagelayer image, image').length >= 3; }""", timeout=60_000)
+            && gd.querySelectorAll('g.imagelayer image, image').length >= 3; }""", timeout=120_000)
     return page, blocked, plot
 
 
