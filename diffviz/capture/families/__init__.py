@@ -160,6 +160,26 @@ class Family:
         raise NotImplementedError(f"attribution is not available for {self.name} pipelines yet.")
 
 
+class TransformerDenoiser:
+    """Mixin for families whose denoiser is ``pipe.transformer``, a DiT of the class ``transformer_class``."""
+
+    transformer_class = ""
+    maps_per_layer = True
+
+    @classmethod
+    def matches(cls, pipe) -> bool:
+        return type(getattr(pipe, "transformer", None)).__name__ == cls.transformer_class
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    def token_grid(self, latent: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the image tokens for a latent of ``latent``: one token per ``patch_size`` patch."""
+        p = self.denoiser.config.patch_size
+        return latent[0] // p, latent[1] // p
+
+
 from .sd import SDFamily  # noqa: E402, I001  (after Family: it subclasses it)
 from .sd3 import SD3Family  # noqa: E402, I001
 from .flux import FluxFamily  # noqa: E402, I001

@@ -20,14 +20,14 @@ import torch
 
 from ...trace import Layer
 from .. import joint
-from . import CaptureError, PromptTokens, t5
+from . import CaptureError, PromptTokens, TransformerDenoiser, t5
 from .flow import FlowMatching
 
 
-class FluxFamily(FlowMatching):
+class FluxFamily(TransformerDenoiser, FlowMatching):
     name = "flux"
     pipelines = "FluxPipeline and its Img2Img/Inpaint variants (Flux.1-dev, -schnell: a DiT read by T5)"
-    maps_per_layer = True
+    transformer_class = "FluxTransformer2DModel"
     classifier_free = False  # Flux-dev distils guidance into the model; true CFG is refused
 
     def __init__(self, pipe):
@@ -36,16 +36,11 @@ class FluxFamily(FlowMatching):
         self._text = SimpleNamespace(n=None)  # text tokens: joint blocks see them, single ones need them
         self._n_text: int | None = None  # the same, read by the recorder's instance at the first call
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel"
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
+    def token_grid(self, latent: tuple[int, int]) -> tuple[int, int]:
+        return latent[0] // 2, latent[1] // 2  # the pipeline packs 2x2 latent patches into one token
 
     def layers(self, latent: tuple[int, int]) -> list[Layer]:
-        size = (latent[0] // 2, latent[1] // 2)
+        size = self.token_grid(latent)
         t = self.denoiser
         return ([Layer(f"transformer_blocks.{i}.attn", size, b.attn.heads, f"joint {i}", "joint")
                  for i, b in enumerate(t.transformer_blocks)]

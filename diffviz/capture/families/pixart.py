@@ -13,38 +13,28 @@ import inspect
 import torch
 
 from ...trace import Layer
-from . import Family, PromptTokens, t5
+from . import Family, PromptTokens, TransformerDenoiser, t5
 from .sd import SDFamily
 
 
-class PixArtFamily(SDFamily):
+class PixArtFamily(TransformerDenoiser, SDFamily):
     name = "pixart"
     pipelines = "PixArtAlphaPipeline, PixArtSigmaPipeline (DiT with cross-attention over T5)"
-    maps_per_layer = True
+    transformer_class = "PixArtTransformer2DModel"
 
     def __init__(self, pipe):
         Family.__init__(self, pipe)  # not SD's: no U-Net, no CLIP
         self._guidance: float | None = None  # classifier-free guidance scale of the running call; None: none
         self._n_text: int | None = None  # T5 positions the transformer reads (max_sequence_length)
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(getattr(pipe, "transformer", None)).__name__ == "PixArtTransformer2DModel"
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
     def layers(self, latent: tuple[int, int]) -> list[Layer]:
-        p = self.denoiser.config.patch_size
-        size = (latent[0] // p, latent[1] // p)
+        size = self.token_grid(latent)
         return [Layer(f"transformer_blocks.{i}.attn2", size, b.attn2.heads, f"cross {i}", "cross")
                 for i, b in enumerate(self.denoiser.transformer_blocks)]
 
     def self_layers(self, latent: tuple[int, int]) -> list[Layer]:
         """The ``attn1`` image self-attention modules, for ``trace(pipe, queries=...)``."""
-        p = self.denoiser.config.patch_size
-        size = (latent[0] // p, latent[1] // p)
+        size = self.token_grid(latent)
         return [Layer(f"transformer_blocks.{i}.attn1", size, b.attn1.heads, f"self {i}", "self")
                 for i, b in enumerate(self.denoiser.transformer_blocks)]
 

@@ -18,28 +18,19 @@ import torch.nn.functional as F
 
 from ...trace import Layer, Token
 from .. import joint
-from . import CaptureError, PromptTokens, t5
+from . import CaptureError, PromptTokens, TransformerDenoiser, t5
 from .flow import FlowMatching
 from .sd import clip_tokens
 
 
-class SD3Family(FlowMatching):
+class SD3Family(TransformerDenoiser, FlowMatching):
     name = "sd3"
     pipelines = "StableDiffusion3Pipeline and its Img2Img/Inpaint variants (SD3, SD3.5: MMDiT, CLIP and T5)"
-    maps_per_layer = True
+    transformer_class = "SD3Transformer2DModel"
     _n_text: int | None = None  # text keys (77 + T5's), read at the first denoiser call
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(getattr(pipe, "transformer", None)).__name__ == "SD3Transformer2DModel"
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
     def layers(self, latent: tuple[int, int]) -> list[Layer]:
-        p = self.denoiser.config.patch_size
-        size = (latent[0] // p, latent[1] // p)
+        size = self.token_grid(latent)
         return [Layer(f"transformer_blocks.{i}.attn", size, block.attn.heads, f"joint {i}", "joint")
                 for i, block in enumerate(self.denoiser.transformer_blocks)]
 
