@@ -68,8 +68,8 @@ def test_explore_is_a_widget_app_with_the_controls_and_a_figure_widget(app, head
     assert isinstance(app, widgets.VBox) and isinstance(app.figure, go.FigureWidget)
     assert app.figure in app.children
     assert (app.step.min, app.step.max) == (0, heads_trace.num_steps - 1)
-    assert [label for label, _ in app.words.options] == ["a", "red", "circle", "left", "of", "a #2", "blue",
-                                                         "square"]
+    labels = [label for label, _ in app.words.options]
+    assert labels == ["a", "red", "circle", "left", "of", "a (2nd)", "blue", "square"]
     assert app.words.rows == len(heads_trace.words)  # every word visible, no scrolling
     assert app.words.value == (1,)
     assert [label for label, _ in app.layers.options] == [

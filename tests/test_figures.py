@@ -66,7 +66,7 @@ def test_word_grid_has_one_panel_per_word_and_sums_a_repeated_word_as_word_heatm
     assert not torch.allclose(both, tr.heatmap(0, size=heatmap.grid(tr)))  # not the first "a" alone
     assert image_ranges(fig, "xaxis7", "yaxis7") == ((-0.5, 63.5), (63.5, -0.5))
     by_index = figures.word_grid(tr, [0, 5])
-    assert [a.text for a in by_index.layout.annotations] == ["a", "a #2"]
+    assert [a.text for a in by_index.layout.annotations] == ["a", "a (2nd)"]
     np.testing.assert_allclose(by_index.data[3].z, tr.heatmap(5, size=heatmap.grid(tr)).numpy(), atol=1e-6)
 
 
@@ -96,7 +96,7 @@ def test_word_grid_lays_out_any_number_of_words_and_pages_them(long_trace):
     assert sum(bool(t.visible) for t in paged.data) == 32
     visible, layout = buttons[3].args
     assert sum(visible["visible"]) == 16 and visible["visible"][2 * 48] and not visible["visible"][2 * 47]
-    assert [a["text"] for a in layout["annotations"]][:2] == ["left #6", "of #6"]
+    assert [a["text"] for a in layout["annotations"]][:2] == ["left (6th)", "of (6th)"]
 
 
 def test_denoising_animation_has_a_frame_per_step_with_x0_noisy_latent_and_heat_map(tr):
@@ -148,13 +148,13 @@ def test_denoising_with_a_vae_decodes_exactly(tr, sd_pipe):
 
 def test_denoising_default_word_is_the_most_attended(tr):
     strongest = int(heatmap.word_mass(tr).sum(0).argmax())
-    label = ["a", "red", "circle", "left", "of", "a #2", "blue", "square"][strongest]
+    label = ["a", "red", "circle", "left", "of", "a (2nd)", "blue", "square"][strongest]
     assert figures.denoising(tr).layout.annotations[2].text == f"“{label}” at this step"
 
 
 def test_word_mass_lines_are_shares_that_sum_to_100_per_step(tr):
     fig = figures.word_mass(tr)
-    assert [t.name for t in fig.data] == ["a", "red", "circle", "left", "of", "a #2", "blue", "square"]
+    assert [t.name for t in fig.data] == ["a", "red", "circle", "left", "of", "a (2nd)", "blue", "square"]
     ys = np.array([t.y for t in fig.data])  # [word, step]
     np.testing.assert_allclose(ys.sum(0), 100, rtol=1e-4)
     assert list(fig.data[0].x) == list(range(tr.num_steps))

@@ -139,12 +139,13 @@ def step_tick(trace: Trace) -> int:
 
 
 def word_labels(trace: Trace) -> list[str]:
-    """One label per entry of ``trace.words``; a repeated word gets its occurrence ("a", "a #2")."""
+    """One label per entry of ``trace.words``; a repeated word names its occurrence ("a", "a (2nd)")."""
     seen: dict[str, int] = {}
     out = []
     for w in trace.words:
-        seen[w] = seen.get(w, 0) + 1
-        out.append(w if seen[w] == 1 else f"{w} #{seen[w]}")
+        seen[w] = n = seen.get(w, 0) + 1
+        suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+        out.append(w if n == 1 else f"{w} ({n}{suffix})")
     return out
 
 

@@ -43,7 +43,7 @@ def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 
 
     Default ``words``: each distinct word of the prompt once, in order; a repeated word ("a" in "a red
     circle left of a blue square") is one panel, "a (2×)", with both occurrences summed, exactly as
-    ``trace.word_heatmap("a")``. Give indices into ``trace.words`` for one occurrence ("a #2").
+    ``trace.word_heatmap("a")``. Give indices into ``trace.words`` for one occurrence ("a (2nd)").
     ``per_page``: show at most this many panels at a time, with a menu of pages (None: all at once).
     """
     _check_opacity(opacity)
@@ -86,7 +86,7 @@ def _distinct_words(trace: Trace) -> list[str]:
 
 
 def _panel_title(trace: Trace, word: Word) -> str:
-    """"red"; "a (2×)" for a word named by text that occurs twice; "a #2" for one occurrence by index."""
+    """"red"; "a (2×)" for a word named by text that occurs twice; "a (2nd)" for one occurrence by index."""
     if isinstance(word, int):
         return d.word_labels(trace)[trace.word_indices(word)[0]]
     n = len(trace.word_indices(word))
