@@ -24,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffviz  # noqa: E402
 from diffviz.summary import MAX_IMAGE_SIDE, estimate_bytes, summarize  # noqa: E402
-from diffviz.testing import tiny_pipeline  # noqa: E402
-
-SDXL_UNET = dict(  # as diffviz.testing.full_size_pipeline("sdxl")
-    sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+from diffviz.testing import SDXL_UNET, tiny_pipeline  # noqa: E402
 
 
 def main(argv=None) -> None:

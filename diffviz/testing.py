@@ -92,6 +92,17 @@ def tiny_pipeline(kind: str = "sd", scheduler_name: str = "ddim", seed: int = 0)
     raise ValueError(f"kind must be one of {TINY_KINDS}, not {kind!r}.")
 
 
+SDXL_UNET = {  # SDXL 1.0's UNet2DConditionModel config (1024 px images, 128x128 latents)
+    "sample_size": 128, "block_out_channels": (320, 640, 1280), "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
+
 def full_size_pipeline(kind: str = "sd15", scheduler_name: str = "ddim", seed: int = 0):
     """A random-weight pipeline with the shapes of SD 1.5 ("sd15": 860M-parameter U-Net, 512 px) or
     SDXL ("sdxl": 2.6B-parameter U-Net, 1024 px), float32 on the CPU; move it with ``.to()``."""
@@ -115,14 +126,7 @@ def full_size_pipeline(kind: str = "sd15", scheduler_name: str = "ddim", seed: i
             requires_safety_checker=False,
         )
     if kind == "sdxl":
-        unet = UNet2DConditionModel(
-            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        ).eval()
+        unet = UNet2DConditionModel(**SDXL_UNET).eval()
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=_clip(tokenizer, 768, 12, heads=12, mlp=4), tokenizer=tokenizer,
             text_encoder_2=_clip(tokenizer, 1280, 32, with_projection=True, heads=20, mlp=4), tokenizer_2=tokenizer,
