@@ -34,6 +34,19 @@ class Sink(Protocol):
              probs: torch.Tensor | None) -> None: ...
 
 
+def split_heads(attn, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[b, seq, heads * d]`` projections -> ``[b, heads, seq, d]``, with the module's q/k norms applied
+    (as diffusers' SDPA processors do, op for op)."""
+    b, head_dim = query.shape[0], key.shape[-1] // attn.heads
+    query, key, value = (x.view(b, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
 class CrossAttnProcessor:
     """Cross-attention for one named layer; ``sink`` receives q [batch, head, query, dim],
     k [batch, head, token, dim] and, when ``edit`` is set, the edited probs [batch, head, query, token]."""
@@ -75,14 +88,7 @@ class CrossAttnProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
 
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = split_heads(attn, query, key, value)
 
         if self.edit is None:
             hidden_states = F.scaled_dot_product_attention(
@@ -102,7 +108,7 @@ class CrossAttnProcessor:
         if self.sink is not None:
             self.sink.keep(self.layer, attn, query, key, probs)
 
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * query.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

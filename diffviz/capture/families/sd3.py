@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ...trace import Layer, Token
 from .. import joint
+from ..processor import split_heads
 from . import CaptureError, PromptTokens, TransformerDenoiser, t5
 from .flow import FlowMatching
 from .sd import clip_tokens
@@ -94,20 +95,10 @@ class JointProcessor:
                  attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         residual = hidden_states
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = split_heads(attn, attn.to_q(hidden_states), attn.to_k(hidden_states),
+                                        attn.to_v(hidden_states))
         if encoder_hidden_states is not None:
-            shape = (batch_size, -1, attn.heads, head_dim)
+            shape = (batch_size, -1, attn.heads, query.shape[-1])
             text_q = attn.add_q_proj(encoder_hidden_states).view(shape).transpose(1, 2)
             text_k = attn.add_k_proj(encoder_hidden_states).view(shape).transpose(1, 2)
             text_v = attn.add_v_proj(encoder_hidden_states).view(shape).transpose(1, 2)
@@ -130,7 +121,7 @@ class JointProcessor:
                 hidden_states = torch.cat([out, hidden_states[:, :, n:]], dim=2)
             if self.sink is not None and self.sink.wants(self.layer):
                 self.sink.keep(self.layer, attn, query[:, :, :n], key[:, :, n:], probs)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * query.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
 
         if encoder_hidden_states is not None:
