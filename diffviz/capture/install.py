@@ -27,16 +27,17 @@ def _default_layers(family: Family):
 
 @contextmanager
 def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, layers: Layers = None,
-               edit_layers: Sequence[str] | None = None,
-               self_layers: Sequence[str] = ()) -> Iterator[list[str]]:
+               edit_layers: Sequence[str] | None = None, self_layers: Sequence[str] = (),
+               family: Family | None = None) -> Iterator[list[str]]:
     """Install diffviz's processor on the prompt-reading layers picked by ``layers`` (the layer selector;
     resolutions at the model's default image size); yields their names. ``edit(layer, probs)`` changes
     the attention on ``edit_layers`` (default: all of them). ``self_layers``: self-attention modules
     that hand the sink their query and image keys too. On exit every processor is set back.
 
     A processor diffviz did not write is kept working (wrapped) where nothing is edited; an edit
-    refuses (CaptureError) a layer whose processor it would replace with different maths."""
-    family = family_of(pipe)
+    refuses (CaptureError) a layer whose processor it would replace with different maths. ``family``: the
+    pipeline's adapter, when the caller has it."""
+    family = family or family_of(pipe)
     names = select_layers(_default_layers(family), layers, what="prompt-reading layer")
     denoiser = family.denoiser
     saved = dict(denoiser.attn_processors)
@@ -102,7 +103,8 @@ def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool 
                            "there is nothing for queries= to show (the classroom model's attn1 reads the "
                            "prompt).")
     with ExitStack() as stack:
-        stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers, self_layers=own))
+        stack.enter_context(processors(pipe, sink=rec, edit=edit, edit_layers=edit_layers, self_layers=own,
+                                       family=family))
         hooks = [enc.register_forward_pre_hook(functools.partial(rec.on_text_encoder, i), with_kwargs=True)
                  for i, enc in enumerate(family.text_encoders())]
         hooks += [family.denoiser.register_forward_pre_hook(rec.on_denoiser_input, with_kwargs=True),

@@ -73,8 +73,8 @@ class _Image:
         self.x0: list[torch.Tensor] = []
         self.noise_cond: list[torch.Tensor] = []
         self.noise_uncond: list[torch.Tensor] = []
-        self.maps: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.maps_uncond: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # per step and group of layers: (their names, maps [layer, row (uncond, cond), head, token, query])
+        self.maps: list[tuple[tuple[str, ...], torch.Tensor]] = []
         self.self_maps: dict[str, list[torch.Tensor]] = defaultdict(list)  # [head, query, h, w] per step
         self.image: torch.Tensor | None = None
         self._index: dict[torch.device, torch.Tensor] = {}
@@ -297,28 +297,26 @@ class Recorder:
         self.state = "running"
 
     def _attention_of_step(self) -> None:
-        """Turn this step's queued q/k into maps: one matmul + softmax per group of equal shapes."""
+        """Turn this step's queued q/k (or edited probs) into maps: one matmul + softmax per group of equal
+        shapes, kept per image as one tensor per group [layer, row (uncond, cond), head, token, query]
+        (split per layer at build)."""
         rows, where = self.rows, self.where
         for group, items in self.pending.items():
             if group[0] == "probs":
-                probs = torch.stack([p for _, p, _ in items])[:, rows]  # [layer, row, head, query, token]
+                probs = torch.stack([p for _, p, _ in items])[:, rows].transpose(-1, -2)
             else:
                 q = torch.stack([q for _, q, _ in items])[:, rows]
                 k = torch.stack([k for _, _, k in items])[:, rows]
-                probs = ((q @ k.transpose(-1, -2)).float() * group[2]).softmax(-1)
+                probs = ((k @ q.transpose(-1, -2)).float() * group[2]).softmax(-2)  # over the tokens
+            names = tuple(name for name, *_ in items)
             for img in self.images:
                 picked = [where[img.cond]] if not self.uncond or img.uncond is None else [where[img.uncond],
                                                                                           where[img.cond]]
                 p = probs[:, picked] if len(self.images) > 1 else probs
-                p = p[..., img.index(p.device)]
+                p = p.index_select(-2, img.index(p.device))
                 if not self.heads:
                     p = p.mean(2, keepdim=True)
-                p = p.to(ATTN_DTYPE).transpose(-1, -2)  # [layer, row, head, token, query]
-                for (name, *_), m in zip(items, p):
-                    m = m.unflatten(-1, self.sizes[name])
-                    img.maps[name].append(m[-1])
-                    if m.shape[0] == 2:
-                        img.maps_uncond[name].append(m[0])
+                img.maps.append((names, p.to(ATTN_DTYPE)))
         self.pending.clear()
 
     def _selection(self, size: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +353,23 @@ class Recorder:
         for img, m in zip(self.images, maps):
             img.self_maps[layer].append(m)
 
+    def _maps(self, img: _Image) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One image's maps per layer on the CPU: cond and uncond [step, head, token, h, w]."""
+        groups: dict[tuple[str, ...], list[torch.Tensor]] = defaultdict(list)
+        for names, maps in img.maps:
+            groups[names].append(maps)
+        if sum(map(len, groups)) > len({n for names in groups for n in names}):
+            raise CaptureError("a layer's attention changed shape between steps; diffviz keeps one shape per layer.")
+        attn, attn_uncond = {}, {}
+        for names, steps in groups.items():
+            group = torch.stack(steps).cpu()  # [step, layer, row, head, token, query]
+            for i, name in enumerate(names):
+                m = group[:, i].unflatten(-1, self.sizes[name])
+                attn[name] = m[:, -1].contiguous()
+                if m.shape[1] == 2:
+                    attn_uncond[name] = m[:, 0].contiguous()
+        return attn, attn_uncond
+
     def finish(self) -> None:
         """At the end of the block: a generation that stopped before its last step keeps what ran."""
         if self.state == "running":
@@ -375,7 +390,8 @@ class Recorder:
         for i, img in enumerate(self.images):
             latents = cpu(img.latents)
             preview = None if img.image is None else fit_preview(latents[-1], img.image.cpu())
-            kept = [l for l in self.layers if l.name in img.maps]
+            attn, attn_uncond = self._maps(img)
+            kept = [l for l in self.layers if l.name in attn]
             tokens = {tok.position: tok for tok in img.prompt.tokens}
             traces.append(Trace(
                 prompt=img.prompt.prompt, negative_prompt=img.prompt.negative_prompt, words=list(img.prompt.words),
@@ -383,8 +399,8 @@ class Recorder:
                 guidance_scale=self.family.guidance_scale() if self.cfg else 1.0, timesteps=t, alpha_bar=alpha_bar,
                 sigma=sigma, latents=latents, x0=cpu(img.x0), noise_cond=cpu(img.noise_cond),
                 noise_uncond=cpu(img.noise_uncond) if self.cfg else None,
-                attn={l.name: cpu(img.maps[l.name]) for l in kept},
-                attn_uncond={l.name: cpu(img.maps_uncond[l.name]) for l in kept if l.name in img.maps_uncond},
+                attn={l.name: attn[l.name] for l in kept},
+                attn_uncond={l.name: attn_uncond[l.name] for l in kept if l.name in attn_uncond},
                 image=None if img.image is None else img.image.cpu(), preview_weight=preview, model=model,
                 queries=[list(q) for q in self.queries],
                 self_layers=[l for l in self.self_layers if l.name in img.self_maps],

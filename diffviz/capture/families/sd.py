@@ -32,7 +32,7 @@ class SDFamily(Family):
 
     @classmethod
     def matches(cls, pipe) -> bool:
-        return hasattr(getattr(pipe, "unet", None), "attn_processors")
+        return hasattr(type(getattr(pipe, "unet", None)), "attn_processors")  # the class: no module walk
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -42,24 +42,25 @@ class SDFamily(Family):
         first = getattr(pipe, "text_encoder", None) is not None
         self.encoder = pipe.text_encoder if first else pipe.text_encoder_2
         self.tokenizer = pipe.tokenizer if first else pipe.tokenizer_2
-        self._specs = self._find_layers()
-        self._self_specs = self._find_layers(prompt=False)
+        modules = dict(pipe.unet.named_modules())
+        attention = [n for n, m in modules.items() if hasattr(m, "get_processor")]  # attn_processors' order
+        self._specs = self._find_layers(modules, attention)
+        self._self_specs = self._find_layers(modules, attention, prompt=False)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.unet
 
     # ---- layers --------------------------------------------------------------------------------
-    def _find_layers(self, prompt: bool = True) -> list[tuple[str, int, str, str, int]]:
+    def _find_layers(self, modules: dict[str, torch.nn.Module], attention: list[str],
+                     prompt: bool = True) -> list[tuple[str, int, str, str, int]]:
         """(name, level, block, label, heads) of each prompt-reading module (``prompt``) or each
         self-attention module, in run order. Labels are plain words: "first down block", "middle block",
         "second up block (2 of 3)", and ", attn1" for an attn1 that reads the prompt."""
         unet = self.pipe.unet
-        modules = dict(unet.named_modules())
         n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
         found = []
-        for key in unet.attn_processors:
-            name = key.removesuffix(".processor")
+        for name in attention:
             last = name.rsplit(".", 1)[-1]
             reads = last == "attn2" or last == "attn1" and getattr(modules[name], "is_cross_attention", False)
             if reads if prompt else last == "attn1" and not reads:
