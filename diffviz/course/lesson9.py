@@ -14,7 +14,7 @@ from ..trace import Trace
 from . import verdict
 
 SKIPPED = (f"skipped: set {MODEL_ENV}=/path/to/checkpoint (a diffusers folder with model_index.json) and "
-           "restart the kernel to run this lesson on your own Stable Diffusion 1.x/2.x or SDXL checkpoint.")
+           "restart the kernel to run this lesson on your own checkpoint (see 'What this lesson needs' at the top).")
 
 
 def _skipped(trace) -> bool:
