@@ -28,7 +28,7 @@ def test_unanswered_prints_a_hint_and_is_false(trace, capsys):
     images = [np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)]
     checks = [
         lambda: lesson1.check_x0(None, trace, 2), lambda: lesson1.check_signal_step(None, trace),
-        lambda: lesson1.check_settle_step(None, trace), lambda: lesson2.check_top_word(None, trace),
+        lambda: lesson2.check_top_word(None, trace),
         lambda: lesson2.check_start_share(None, trace), lambda: lesson2.check_peak_step(None, trace, "red"),
         lambda: lesson3.check_guided(None, trace, 2), lambda: lesson3.check_guidance_factor(None, trace),
         lambda: lesson3.check_most_saturated(None, {1: images[0], 7.5: images[1]}),
@@ -61,17 +61,6 @@ def test_check_signal_step(trace):
     assert lesson1.check_signal_step(right, trace)
     assert not lesson1.check_signal_step(right - 1, trace)
     assert not lesson1.check_signal_step(right + 1, trace)
-
-
-def test_check_settle_step(trace):
-    x0 = trace.x0.double()
-    d = [float((x0[s] - x0[-1]).norm()) for s in range(trace.num_steps)]
-    right = next(s for s in range(trace.num_steps) if d[s] <= 0.1 * d[0])
-    assert lesson1.check_settle_step(right, trace, fraction=0.1)
-    assert not lesson1.check_settle_step(right - 1, trace, fraction=0.1)
-    wrong = next(s for s in range(trace.num_steps) if d[s] <= 0.5 * d[0])  # another threshold
-    if wrong != right:
-        assert not lesson1.check_settle_step(wrong, trace, fraction=0.1)
 
 
 # ---- lesson 2 ------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ The rules every lesson follows, as functions:
 - ``saw(finding, holds)`` states a finding in words and asserts it, so a changed model fails the
   notebook instead of leaving its text false.
 
-Every exercise check returns True or False and prints a verdict a student can act on. An unanswered
-exercise (``None``) prints a hint and returns False without raising, so a notebook runs top to
-bottom before the student has answered anything.
+Every exercise check returns True or False and prints a verdict a student can act on; a check whose
+exercise asks for a prediction first takes it as ``prediction`` and compares it once the answer is right
+(``predicted``). An unanswered exercise (``None``) prints a hint and returns False without raising, so
+a notebook runs top to bottom before the student has answered anything.
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ def verdict(answer, ok: bool, right: str, hint: str) -> bool:
         return False
     print(f"✓ Right: {right}" if ok else f"✗ Not yet. Hint: {hint}")
     return bool(ok)
+
+
+def predicted(prediction, close: bool, measured: str) -> None:
+    """After a right answer: print how the student's ``prediction`` (made before measuring) compares with
+    ``measured`` (the finding in words); ``close`` says whether the prediction was near it."""
+    if prediction is None:
+        print(f"Measured: {measured}. (No prediction written down: the surprise is where the lesson is.)")
+    else:
+        print(f"Measured: {measured}. Your prediction {prediction!r} was {'close' if close else 'off'}"
+              + ("." if close else ": what made you expect it?"))
 
 
 def tensor_answer(answer, ref: torch.Tensor, hint: str) -> tuple[bool, str]:
