@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffviz  # noqa: E402
-from diffviz.summary import MAX_IMAGE_SIDE, estimate_bytes, summarize  # noqa: E402
+from diffviz.summary import BITS, MAX_BYTES, MAX_IMAGE_SIDE, estimate_bytes, summarize  # noqa: E402
 from diffviz.testing import SDXL_UNET, tiny_pipeline  # noqa: E402
 
 
@@ -61,13 +61,17 @@ def main(argv=None) -> None:
     print(f"SDXL, 1024 px, {args.steps} steps, {args.windows} step windows, attention maps {maps}, "
           f"image stored "
           f"at {MAX_IMAGE_SIDE} px, header {header} B (as measured above):")
-    for n_words in (8, 15, 25, 40, 75):
-        summary = header + estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps,
-                                          args.windows)
+    for n_words in (8, 15, 25, 40, 50, 75):
+        # as summarize() picks: the finest precision whose tensors fit MAX_BYTES
+        tensors = {b: estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps, args.windows,
+                                     bits=b) for b in BITS}
+        bits = next((b for b in BITS if tensors[b] <= MAX_BYTES), BITS[-1])
+        summary = header + tensors[bits]
         full = diffviz.estimate_bytes(fake, 1024, 1024, args.steps, n_tokens=n_words)["total"]
         fits = "within" if summary <= 1e6 else "OVER"
-        print(f"  {n_words:3d} words: summary {summary / 1e6:5.2f} MB ({fits} "
-              f"1 MB)   full trace {full / 1e6:7.1f} MB   ratio {full / summary:5.0f}x")
+        print(f"  {n_words:3d} words: summary {summary / 1e6:5.2f} MB, maps at {bits} bits ({fits} 1 MB; "
+              f"{(header + tensors[8]) / 1e6:4.2f} MB at 8 bits)   full trace {full / 1e6:7.1f} MB   "
+              f"ratio {full / summary:5.0f}x")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ over heads and over that resolution's layers, summed over the word's subword tok
 the window's steps: units of attention probability, not normalised), plus the image (at most
 ``MAX_IMAGE_SIDE`` px a side) and the final predicted x0 latents with the trace's linear preview map.
 One safetensors file with JSON metadata and a format version, written atomically (as trace files).
-Maps are stored as 8-bit fractions of each map's own maximum (error at most 1/510 of that maximum),
-which keeps an SDXL prompt of up to about 40 words under 1 MB (``benchmarks/summary_size.py``).
+Maps are stored as 8-bit fractions of each map's own maximum (error at most 1/510 of that maximum).
+A summary has a byte budget (``MAX_BYTES``: 1 MB with its header): when 8-bit maps would exceed it (an SDXL prompt of
+more than about 40 words), they are stored at 4 bits (error at most 1/30 of the maximum, ``bits`` in
+the file), which keeps every SDXL prompt (75 words at most) under 1 MB (``benchmarks/summary_size.py``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +30,12 @@ from .io import TraceFileError, read_file, write_file
 from .trace import Trace
 
 FORMAT = "diffviz-summary"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: maps at 8 or 4 bits ("bits")
 SUFFIX = ".dvs"
 DEFAULT_WINDOWS = 3  # early (layout), middle, late (detail)
 MAX_IMAGE_SIDE = 256  # px; larger images are stored area-downscaled (a 1024 px SDXL image would be 3 MB)
+MAX_BYTES = 984_000  # a summary's tensors (1 MB less room for the JSON header); over it, maps at 4 bits
+BITS = (8, 4)  # map precisions, finest first
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Summary:
     model: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    bits: int = 8  # precision of the stored maps: levels of each map's maximum, 2**bits - 1 of them
 
     @property
     def num_steps(self) -> int:
@@ -108,8 +115,7 @@ class Summary:
     def nbytes(self) -> int:
         """Bytes held by the tensors (the file adds a few kB of metadata)."""
         tensors = [self.timesteps, self.x0, self.image, self.preview_weight]
-        # uint8 maps and a float32 maximum per map
-        stored = sum(m.numel() + 4 * m[..., 0, 0].numel() for m in self.maps.values())
+        stored = sum(_map_bytes(m.shape, self.bits) for m in self.maps.values())
         return stored + sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def save(self, path: str | Path) -> Path:
@@ -118,13 +124,13 @@ class Summary:
         optional = (("image", self.image), ("preview_weight", self.preview_weight))
         tensors |= {k: v for k, v in optional if v is not None}
         for res, m in self.maps.items():
-            tensors[f"maps/{res}"], tensors[f"scale/{res}"] = _quantize(m)
+            tensors[f"maps/{res}"], tensors[f"scale/{res}"] = _pack(*_quantize(m, self.bits), self.bits)
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "diffviz_version": __version__,
             "prompt": self.prompt, "negative_prompt": self.negative_prompt, "words": self.words,
             "windows": [list(w) for w in self.windows], "layer_counts": self.layer_counts,
             "height": self.height, "width": self.width, "guidance_scale": self.guidance_scale,
-            "model": self.model, "scheduler": self.scheduler, "options": self.options,
+            "model": self.model, "scheduler": self.scheduler, "options": self.options, "bits": self.bits,
         }
         return write_file(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta)
 
@@ -149,9 +155,10 @@ def windows_of(num_steps: int,
 
 @torch.no_grad()
 def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_WINDOWS,
-              max_image_side: int = MAX_IMAGE_SIDE) -> Summary:
+              max_image_side: int = MAX_IMAGE_SIDE, max_bytes: int = MAX_BYTES) -> Summary:
     """The ``Summary`` of ``trace``: per word, one map per resolution for each step window
-    (``windows``: how many equal ones, or ``[(start, stop)]``), the image and the final x0."""
+    (``windows``: how many equal ones, or ``[(start, stop)]``), the image and the final x0. Maps are
+    kept at 8 bits, or at 4 when 8 would pass ``max_bytes`` (with a warning if even 4 do)."""
     if trace.num_steps == 0:
         raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` "
                          "block).")
@@ -168,9 +175,9 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
         # [step, token, h, w]: head mean of each layer, then mean over this resolution's layers
         per_step = torch.stack([trace.attn[n].float().mean(1) for n in names]).mean(0)
         by_word = torch.einsum("sthw,tv->svhw", per_step, onehot)
-        maps[res] = _dequantize(*_quantize(torch.stack([by_word[a:b].mean(0) for a, b in spans])))
+        maps[res] = torch.stack([by_word[a:b].mean(0) for a, b in spans])
         counts[res] = len(names)
-    return Summary(
+    s = Summary(
         prompt=trace.prompt, negative_prompt=trace.negative_prompt, words=list(trace.words), windows=spans,
         maps=maps, layer_counts=counts, height=trace.height, width=trace.width,
         guidance_scale=trace.guidance_scale, timesteps=trace.timesteps.float(), x0=trace.x0[-1].half(),
@@ -178,6 +185,15 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
         preview_weight=trace.preview_weight, model=dict(trace.model), scheduler=dict(trace.scheduler),
         options=dict(trace.options),
     )
+    for s.bits in BITS:  # the finest precision within the budget
+        if s.nbytes <= max_bytes:
+            break
+    else:
+        warnings.warn(f"this summary holds {s.nbytes / 1e6:.2f} MB with maps at {s.bits} bits, over "
+                      f"max_bytes={max_bytes / 1e6:.2f} MB ({len(trace.words)} words); fewer windows or a "
+                      "smaller max_image_side shrink it.", stacklevel=2)
+    s.maps = {res: _dequantize(*_quantize(m, s.bits), s.bits) for res, m in maps.items()}  # as stored
+    return s
 
 
 def _shrink(image: torch.Tensor, max_side: int) -> torch.Tensor:
@@ -193,15 +209,39 @@ def _shrink(image: torch.Tensor, max_side: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(small).copy())
 
 
-def _quantize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., h, w] float -> ([..., h, w] uint8 fraction of each map's max, [...] float32 max)."""
+def _quantize(maps: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., h, w] float -> ([..., h, w] uint8 in 0..2**bits - 1, levels of each map's max;
+    [...] float32 max)."""
     top = maps.float().clamp_min(0).amax(dim=(-2, -1))
-    q = (maps.float().clamp_min(0) / top.clamp_min(1e-30)[..., None, None] * 255).round().to(torch.uint8)
+    levels = 2**bits - 1
+    q = (maps.float().clamp_min(0) / top.clamp_min(1e-30)[..., None, None] * levels).round().to(torch.uint8)
     return q, top
 
 
-def _dequantize(q: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    return q.float() * (top / 255)[..., None, None]
+def _dequantize(q: torch.Tensor, top: torch.Tensor, bits: int) -> torch.Tensor:
+    return q.float() * (top / (2**bits - 1))[..., None, None]
+
+
+def _pack(q: torch.Tensor, top: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit levels two to a byte along the last axis (a zero level pads an odd width); 8-bit as is."""
+    if bits == 8:
+        return q, top
+    if q.shape[-1] % 2:
+        q = torch.nn.functional.pad(q, (0, 1))
+    return q[..., 0::2] << 4 | q[..., 1::2], top
+
+
+def _unpack(stored: torch.Tensor, top: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """Inverse of ``_pack`` then ``_dequantize``: [..., h, width] float32."""
+    if bits == 4:
+        stored = torch.stack([stored >> 4, stored & 0xF], -1).flatten(-2)[..., :width]
+    return _dequantize(stored, top, bits)
+
+
+def _map_bytes(shape: Sequence[int], bits: int) -> int:
+    """Stored bytes of maps of ``shape`` [..., h, w]: the packed levels and a float32 max per map."""
+    n_maps = math.prod(shape[:-2])
+    return n_maps * (shape[-2] * math.ceil(shape[-1] * bits / 8) + 4)
 
 
 def load_summary(path: str | Path) -> Summary:
@@ -212,12 +252,13 @@ def load_summary(path: str | Path) -> Summary:
         return Summary(
             prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
             windows=[tuple(w) for w in meta["windows"]],
-            maps={k.removeprefix("maps/"): _dequantize(v, tensors[f"scale/{k.removeprefix('maps/')}"])
-                  for k, v in tensors.items() if k.startswith("maps/")},
+            maps={res: _unpack(tensors[f"maps/{res}"], tensors[f"scale/{res}"], meta["bits"],
+                               int(res.split("x")[1]))
+                  for res in (k.removeprefix("maps/") for k in tensors if k.startswith("maps/"))},
             layer_counts=meta["layer_counts"], height=meta["height"], width=meta["width"],
             guidance_scale=meta["guidance_scale"], timesteps=tensors["timesteps"], x0=tensors["x0"],
             image=tensors.get("image"), preview_weight=tensors.get("preview_weight"), model=meta["model"],
-            scheduler=meta["scheduler"], options=meta["options"],
+            scheduler=meta["scheduler"], options=meta["options"], bits=meta["bits"],
         )
     except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
         raise TraceFileError(f"{str(path)!r} is missing part of a summary ({type(err).__name__}: {err}); "
@@ -226,12 +267,12 @@ def load_summary(path: str | Path) -> Summary:
 
 def estimate_bytes(n_words: int, map_sizes: Sequence[tuple[int, int]], latent: tuple[int, int, int],
                    image: tuple[int, int], num_steps: int, windows: int = DEFAULT_WINDOWS,
-                   max_image_side: int = MAX_IMAGE_SIDE) -> int:
+                   max_image_side: int = MAX_IMAGE_SIDE, bits: int = 8) -> int:
     """Bytes of a summary's tensors, from shapes alone: ``map_sizes`` one (h, w) per attention resolution,
-    ``latent`` (C, h, w), ``image`` (H, W) px. The file adds the JSON header (a few kB)."""
+    ``latent`` (C, h, w), ``image`` (H, W) px, maps at ``bits``. The file adds the JSON header (a few kB)."""
     k = min(windows, num_steps)
     scale = min(1.0, max_image_side / max(image))
     h, w = max(1, round(image[0] * scale)), max(1, round(image[1] * scale))
     c = latent[0]
-    return (sum(k * n_words * (a * b + 4) for a, b in map_sizes) + 2 * c * latent[1] * latent[2] + 3 * h * w
-            + 4 * 3 * (c + 1) + 4 * num_steps)
+    return (sum(_map_bytes((k, n_words, a, b), bits) for a, b in map_sizes) + 2 * c * latent[1] * latent[2]
+            + 3 * h * w + 4 * 3 * (c + 1) + 4 * num_steps)

@@ -69,6 +69,24 @@ def test_summary_size_estimate_and_shrunk_image(traced, tmp_path):
     assert 0 < s.save(tmp_path / "s.dvs").stat().st_size - s.nbytes < 8000  # the JSON header
 
 
+def test_summary_over_its_byte_budget_keeps_maps_at_4_bits(traced, tmp_path):
+    _, tr = traced
+    full = summarize(tr)
+    assert full.bits == 8
+    budget = full.nbytes - 1  # 8-bit maps no longer fit
+    s = summarize(tr, max_bytes=budget)
+    assert s.bits == 4 and s.nbytes <= budget
+    sizes = list(dict.fromkeys(l.size for l in tr.layers))
+    assert s.nbytes == estimate_bytes(len(tr.words), sizes, tuple(tr.x0.shape[1:]), (64, 64), tr.num_steps, bits=4)
+    back = load_summary(s.save(tmp_path / "s4.dvs"))
+    assert back.bits == 4 and all(torch.equal(back.maps[r], s.maps[r]) for r in s.maps)
+    for r in s.maps:  # half a 4-bit level plus half an 8-bit one of each map's max
+        err = (back.maps[r] - full.maps[r]).abs().amax(dim=(-2, -1))
+        assert bool((err <= full.maps[r].amax(dim=(-2, -1)) * (1 / 30 + 1 / 510) + 1e-7).all())
+    with pytest.warns(UserWarning, match="over max_bytes=0.00 MB"):
+        assert summarize(tr, max_bytes=10).bits == 4
+
+
 def test_summary_files_are_checked_and_told_apart_from_traces(traced, tmp_path):
     _, tr = traced
     path = summarize(tr).save(tmp_path / "a.dvs")
