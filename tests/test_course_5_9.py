@@ -106,18 +106,78 @@ def test_lesson6_outside_change(sd_pipe, traced):
 
 
 # ---- lesson 7 -------------------------------------------------------------------------------------
-def test_lesson7_latent_cells(sd_pipe):
-    assert sd_pipe.vae_scale_factor == 2
-    assert lesson7.check_latent_cells(32 * 32, sd_pipe, 64)
-    assert not lesson7.check_latent_cells(64 * 64, sd_pipe, 64)
-    assert not lesson7.check_latent_cells(None, sd_pipe, 64)
+def _scene(objects, relation, swap_places=False):
+    from diffviz.classroom import data
+
+    scene = data.make_scene(objects, relation, np.random.default_rng(0))
+    if swap_places:  # draw each object where the other one is: the relation is reversed
+        image = np.empty_like(scene.image)
+        image[:] = data.BACKGROUND
+        for obj, mask, other in zip(objects, scene.masks, scene.masks[::-1]):
+            dy, dx = (np.argwhere(other).mean(0) - np.argwhere(mask).mean(0)).round().astype(int)
+            image[np.roll(mask, (dy, dx), axis=(0, 1))] = data.COLOURS[obj.colour]
+        return image
+    return scene.image
+
+
+def test_lesson7_two_object_outcome():
+    from diffviz.classroom.data import Obj
+
+    prompt = "a large red circle left of a large blue square"
+    red_circle, blue_square = Obj("circle", "red", "large"), Obj("square", "blue", "large")
+    assert lesson7.two_object_outcome(prompt, _scene([red_circle, blue_square], "left of")) == "right"
+    assert lesson7.two_object_outcome(prompt, _scene([red_circle, blue_square], "left of", swap_places=True)) \
+        == "relation wrong"
+    swapped = [Obj("square", "red", "large"), Obj("circle", "blue", "large")]
+    assert lesson7.two_object_outcome(prompt, _scene(swapped, "left of")) == "attributes swapped"
+    assert lesson7.two_object_outcome(prompt, _scene([red_circle], None)) == "object missing"
+
+
+def test_lesson7_quality_curve_and_learnt_at(tmp_path):
+    import json
+
+    (tmp_path / "training_log.json").write_text(json.dumps({"batch": 10}))
+    rows = [{"step": s, "single": {"correct": a}, "two": {"correct": b, "objects_ok": b, "relation_ok": b}}
+            for s, a, b in [(1, 0.1, 0.0), (2, 0.9, 0.1), (3, 1.0, 0.4), (4, 1.0, 0.6)]]
+    (tmp_path / "quality_curve.json").write_text(json.dumps(rows))
+    curve = lesson7.quality_curve(tmp_path)
+    assert [r["samples"] for r in curve] == [10, 20, 30, 40]
+    assert lesson7.learnt_at(curve, "single") == 20 and lesson7.learnt_at(curve, "relation") == 30
+    from diffviz.classroom.model import WEIGHTS
+
+    shipped = lesson7.quality_curve()  # the shipped model's own curve: its last snapshot is the shipped step
+    assert shipped[-1]["step"] == json.loads((WEIGHTS / "training_log.json").read_text())["step"]
+    assert all(0 <= r[k] <= 1 for r in shipped for k in ("single", "two", "both_objects", "relation"))
+
+
+def test_lesson7_colourless_share():
+    from diffviz.classroom.data import COLOURLESS_DISTRIBUTION, HELD_OUT_COMBOS
+
+    circle = lesson7.colourless_share("circle")
+    assert ("orange", "circle") in HELD_OUT_COMBOS and circle["orange"] == 0
+    assert abs(sum(circle.values()) - 1) < 1e-9
+    assert abs(circle["red"] - COLOURLESS_DISTRIBUTION["red"] / (1 - COLOURLESS_DISTRIBUTION["orange"])) < 1e-9
+    assert abs(circle["red"] - 0.579) < 0.001 and abs(circle["yellow"] - 0.053) < 0.001
+
+
+def test_lesson7_memory():
+    assert lesson7.score_matrix_bytes(4096, 4096, heads=8, batch=2, itemsize=2) == 2 * 8 * 4096 * 4096 * 2
+    assert lesson7.largest_allocation(lambda: torch.empty(1000, 1000)) >= 4_000_000
+    q = torch.randn(1, 1, 1024, 16)
+    fused = lesson7.largest_allocation(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert 0 < fused < lesson7.largest_allocation(lambda: (q @ q.transpose(-1, -2)).softmax(-1) @ q)
+    assert lesson7.check_memory_growth(16, 512, 1024)
+    assert not lesson7.check_memory_growth(4, 512, 1024)
+    assert not lesson7.check_memory_growth(None, 512, 1024)
 
 
 def test_lesson7_gap_and_colour():
-    seen, held_out = [True, True, False, True], [False, True, False, False]
-    assert lesson7.check_generalisation_gap(0.5, seen, held_out)
-    assert not lesson7.check_generalisation_gap(-0.5, seen, held_out)
-    assert not lesson7.check_generalisation_gap(0.75, seen, held_out)
+    seen, held_out = [True, True, False, True], [False, True, False, False]  # a gap of 0.5
+    assert lesson7.check_generalisation_gap("much less", seen, held_out)
+    assert not lesson7.check_generalisation_gap("about as often", seen, held_out)
+    assert lesson7.check_generalisation_gap(" About as often", seen, [True, True, True, False])
+    assert not lesson7.check_generalisation_gap("0.5", seen, held_out)
+    assert not lesson7.check_generalisation_gap(None, seen, held_out)
     colours = ["red", "blue", "red", "green"]
     assert lesson7.check_most_common_colour("red", colours)
     assert lesson7.check_most_common_colour(" Red", colours)
