@@ -303,10 +303,10 @@ class Recorder:
         rows, where = self.rows, self.where
         for group, items in self.pending.items():
             if group[0] == "probs":
-                probs = torch.stack([p for _, p, _ in items])[:, rows].transpose(-1, -2)
-            else:
-                q = torch.stack([q for _, q, _ in items])[:, rows]
-                k = torch.stack([k for _, _, k in items])[:, rows]
+                probs = torch.stack([p[rows] for _, p, _ in items]).transpose(-1, -2)
+            else:  # the needed rows before stacking: half the copying under guidance
+                q = torch.stack([q[rows] for _, q, _ in items])
+                k = torch.stack([k[rows] for _, _, k in items])
                 probs = ((k @ q.transpose(-1, -2)).float() * group[2]).softmax(-2)  # over the tokens
             names = tuple(name for name, *_ in items)
             for img in self.images:
