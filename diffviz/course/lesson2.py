@@ -1,4 +1,7 @@
-"""Lesson 2, what each word does: reference answers and exercise checks."""
+"""Lesson 2, what each word does: reference answers and exercise checks.
+
+A ``prediction`` (written before measuring) is compared once the answer is right.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch
 
 from .. import heatmap
 from ..trace import Trace
-from . import verdict
+from . import predicted, verdict
 
 
 def top_word(trace: Trace) -> str:
@@ -27,30 +30,53 @@ def peak_step(trace: Trace, word: str) -> int:
     return int(mass.argmax())
 
 
-def check_top_word(answer, trace: Trace) -> bool:
-    """``answer``: str, the word with the largest total attention."""
+def padding_share(trace: Trace) -> float:
+    """Mean attention probability of the end and padding tokens together (every stored position that is
+    neither a word nor the start token), averaged over steps, heads and pixels, each layer counting once.
+    Needs a trace captured with ``tokens="all"``."""
+    idx = [i for i, t in enumerate(trace.tokens) if t.word is None and t.position != 0]
+    return float(torch.stack([a[:, :, idx].float().sum(2).mean() for a in trace.attn.values()]).mean())
+
+
+def check_top_word(answer, trace: Trace, prediction: str | None = None) -> bool:
+    """``answer``: str, the word with the largest total attention; ``prediction``: the word guessed before."""
     right = top_word(trace)
     ok = answer is not None and str(answer).strip().lower() == right.lower()
-    return verdict(answer, ok, f"{right!r} takes the most attention of all the prompt's words.",
+    if not verdict(answer, ok, f"{right!r} takes the most attention of all the prompt's words.",
                    "diffviz.heatmap.word_mass(trace) is [step, word]; sum over steps and take the argmax; "
-                   "trace.words turns an index into a word.")
+                   "trace.words turns an index into a word."):
+        return False
+    close = prediction is not None and str(prediction).strip().lower() == right.lower()
+    predicted(prediction, close, f"the most attended word is {right!r}")
+    return True
 
 
-def check_start_share(answer, trace: Trace) -> bool:
-    """``answer``: float in [0, 1], the start token's share of the attention (trace captured with tokens="all")."""
-    if answer is not None and 0 not in {t.position for t in trace.tokens}:
-        raise ValueError("this trace has no start token; capture it with diffviz.trace(pipe, tokens='all').")
-    right = token_share(trace, 0) if answer is not None else 0.0
-    ok = answer is not None and abs(float(answer) - right) <= 0.01
-    return verdict(answer, ok, f"the start token takes {right:.1%} of every pixel's attention on average.",
-                   "find the stored index i of the token with position 0; for each layer take "
-                   "trace.attn[layer][:, :, i].mean(), then average over layers. It is a fraction, 0..1.")
+def check_padding_share(answer, trace: Trace, prediction: str | None = None) -> bool:
+    """``answer``: float in [0, 1], the end and padding tokens' share of the attention (trace captured with
+    tokens="all"); ``prediction``: which takes more, "start" or "padding", guessed before."""
+    if answer is not None and not any(t.word is None and t.position != 0 for t in trace.tokens):
+        raise ValueError("this trace has no padding tokens; capture it with diffviz.trace(pipe, tokens='all').")
+    hint = ("take the stored indices i of the tokens that are neither a word nor position 0; for each layer sum "
+            "trace.attn[layer][:, :, i] over those tokens and take the mean, then average over layers. A fraction, 0..1.")
+    right = padding_share(trace) if answer is not None else 0.0
+    if not verdict(answer, answer is not None and abs(float(answer) - right) <= 0.01,
+                   f"end and padding take {right:.1%} of every pixel's attention on average.", hint):
+        return False
+    start = token_share(trace, 0)
+    larger = "padding" if right > start else "start"
+    close = prediction is not None and str(prediction).strip().lower() == larger
+    predicted(prediction, close, f"the start token takes {start:.1%}, end and padding {right:.1%}")
+    return True
 
 
-def check_peak_step(answer, trace: Trace, word: str) -> bool:
-    """``answer``: int, the step at which ``word`` receives the most attention."""
+def check_peak_step(answer, trace: Trace, word: str, prediction: int | None = None) -> bool:
+    """``answer``: int, the step at which ``word`` receives the most attention; ``prediction``: the step guessed."""
     right = peak_step(trace, word)
     ok = answer is not None and int(answer) == right
-    return verdict(answer, ok, f"{word!r} pulls the most attention at step {right} of {trace.num_steps}.",
+    if not verdict(answer, ok, f"{word!r} pulls the most attention at step {right} of {trace.num_steps}.",
                    f"take the column(s) of diffviz.heatmap.word_mass(trace) for {word!r} "
-                   "(trace.word_indices gives them), sum them, and find the argmax over steps.")
+                   "(trace.word_indices gives them), sum them, and find the argmax over steps."):
+        return False
+    close = prediction is not None and abs(int(prediction) - right) <= 2
+    predicted(prediction, close, f"{word!r} peaks at step {right} of {trace.num_steps}")
+    return True

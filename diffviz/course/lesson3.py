@@ -1,14 +1,17 @@
-"""Lesson 3, guidance: reference answers and exercise checks."""
+"""Lesson 3, guidance: reference answers and exercise checks.
+
+A ``prediction`` (written before measuring) is compared once the answer is right.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..trace import Trace
-from . import tensor_answer, verdict
+from . import predicted, tensor_answer, verdict
 
 
 def guided(trace: Trace, step: int) -> torch.Tensor:
@@ -31,32 +34,66 @@ def saturation(image) -> float:
     return float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0).mean())
 
 
-def check_guided(answer, trace: Trace, step: int) -> bool:
-    """``answer``: [C, h, w] tensor, the guided noise prediction at ``step``."""
+def redness(image) -> float:
+    """Share of an image's pixels (``[H, W, 3]`` uint8 or PIL) that are red: red channel above 100 and at
+    least twice the other two."""
+    a = np.asarray(image, np.float32)[..., :3]
+    return float(((a[..., 0] > 100) & (a[..., 0] >= 2 * a[..., 1:].max(-1))).mean())
+
+
+def red_count(images) -> int:
+    """How many of ``images`` show something red (over 2% of their pixels red)."""
+    return sum(redness(im) > 0.02 for im in images)
+
+
+def overshoot(trace: Trace, step: int, real_std: float) -> float:
+    """std of the predicted x0 at ``step`` over ``real_std``, the std of real pictures' latents."""
+    return float(trace.x0[step].float().std()) / real_std
+
+
+def check_guided(answer, trace: Trace, step: int, prediction: float | None = None) -> bool:
+    """``answer``: [C, h, w] tensor, the guided noise prediction at ``step``. ``prediction``: the ratio
+    ||guided - uncond|| / ||cond - uncond|| expected before computing it."""
     ref = guided(trace, step)
     hint = (f"combine trace.noise_uncond[{step}] and trace.noise_cond[{step}] with trace.guidance_scale; "
             f"the result has shape {list(ref.shape)}.")
     ok, hint = tensor_answer(answer, ref, hint)
-    return verdict(answer, ok, "that is the noise prediction the sampler used at this step.", hint)
+    if not verdict(answer, ok, "that is the noise prediction the sampler used at this step.", hint):
+        return False
+    u, c = trace.noise_uncond[step].float(), trace.noise_cond[step].float()
+    ratio = float((ref - u).norm() / (c - u).norm())
+    close = prediction is not None and abs(float(prediction) - ratio) <= 0.05 * ratio
+    predicted(prediction, close, f"||guided - uncond|| / ||cond - uncond|| = {ratio:.3g}, the guidance scale: "
+                                 "guidance walks that many times as far from the unconditional prediction")
+    return True
 
 
-def check_guidance_factor(answer, trace: Trace) -> bool:
-    """``answer``: float, ||guided - uncond|| / ||cond - uncond|| over the whole run."""
-    u, c = trace.noise_uncond.float(), trace.noise_cond.float()
-    right = float((trace.noise_guided.float() - u).norm() / (c - u).norm())
-    ok = answer is not None and abs(float(answer) - right) <= 0.01 * max(1.0, abs(right))
-    return verdict(answer, ok,
-                   f"the ratio is {right:.3g}, the guidance scale itself: guidance walks from the unconditional "
-                   f"prediction {trace.guidance_scale:g} times as far as the conditional one does.",
-                   "compute (noise_guided - noise_uncond).norm() / (noise_cond - noise_uncond).norm(); "
-                   "then look at the formula and say why it comes out so.")
+def check_overshoot(answer, trace: Trace, step: int, real_std: float, prediction: float | None = None) -> bool:
+    """``answer``: float, std of ``trace``'s predicted x0 at ``step`` over ``real_std`` (real pictures'
+    latents); ``prediction``: the ratio guessed before."""
+    right = overshoot(trace, step, real_std)
+    ok = answer is not None and abs(float(answer) - right) <= 0.02 * right
+    if not verdict(answer, ok, f"at step {step} the guess is {right:.2f} times the size of real latents.",
+                   f"take trace.x0[{step}].std() and divide by the real latents' std (real_z.std())."):
+        return False
+    close = prediction is not None and abs(float(prediction) - right) <= 0.25 * right
+    predicted(prediction, close, f"a ratio of {right:.2f} at guidance {trace.guidance_scale:g}")
+    return True
 
 
-def check_most_saturated(answer, images: Mapping[float, object]) -> bool:
-    """``answer``: the guidance scale (a key of ``images``) whose image has the most clipped values."""
-    scores = {s: clipped_fraction(im) for s, im in images.items()}
-    right = max(scores, key=scores.get)
-    ok = answer is not None and any(abs(float(answer) - s) < 1e-6 for s in scores
-                                    if scores[s] == scores[right])
-    return verdict(answer, ok, f"scale {right:g} clips {scores[right]:.1%} of its values to 0 or 255.",
-                   "apply lesson3.clipped_fraction to each image of the sweep and take the scale with the largest.")
+def check_fewest_red(answer, pictures: Mapping[str, Sequence], prediction: str | None = None) -> bool:
+    """``answer``: the negative prompt (a key of ``pictures``, negative -> its pictures) with the fewest red
+    pictures; ``prediction``: the negative guessed before."""
+    hint = "apply lesson3.red_count to each negative prompt's pictures and take the negative with the fewest."
+    if answer is None or not pictures:
+        return verdict(None, False, "", hint)
+    counts = {neg: red_count(ims) for neg, ims in pictures.items()}
+    fewest = min(counts.values())
+    best = [neg for neg, n in counts.items() if n == fewest]
+    if not verdict(answer, answer in best, f"{answer!r} leaves {fewest} of {len(pictures[answer])} pictures red.",
+                   hint):
+        return False
+    close = prediction is not None and prediction in best
+    predicted(prediction, close, "red pictures per negative prompt: "
+                                 + ", ".join(f"{neg!r} {n}" for neg, n in counts.items()))
+    return True

@@ -1,0 +1,72 @@
+"""Lesson 3's new checks (course v2): the guided prediction with a predicted ratio, the early x0
+overshoot, and the negative prompt that leaves the fewest red pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffviz
+from diffviz.classroom import data
+from diffviz.course import lesson3
+
+from .conftest import generate
+
+
+@pytest.fixture(scope="module")
+def trace(sd_pipe):
+    with diffviz.trace(sd_pipe) as tr:
+        generate(sd_pipe, steps=6)
+    return tr
+
+
+def _picture(colour: str, seed: int = 0) -> np.ndarray:
+    """A training picture of one large circle of ``colour``."""
+    return data.make_scene([data.Obj("circle", colour, "large")], None, np.random.default_rng(seed)).image
+
+
+def test_check_guided_compares_the_predicted_ratio(trace, capsys):
+    s, g = 2, trace.guidance_scale
+    right = trace.noise_uncond[s] + g * (trace.noise_cond[s] - trace.noise_uncond[s])
+    assert lesson3.check_guided(right, trace, s, prediction=g)
+    assert "was close" in capsys.readouterr().out
+    assert lesson3.check_guided(right, trace, s, prediction=1.0)
+    assert "was off" in capsys.readouterr().out
+    assert not lesson3.check_guided(trace.noise_cond[s], trace, s, prediction=g)
+    assert "Measured" not in capsys.readouterr().out
+
+
+def test_check_overshoot(trace, capsys):
+    s, real = 1, 0.8
+    right = float(trace.x0[s].float().std()) / real
+    assert lesson3.overshoot(trace, s, real) == pytest.approx(right)
+    assert lesson3.check_overshoot(right, trace, s, real, prediction=right * 1.1)
+    assert "was close" in capsys.readouterr().out
+    assert not lesson3.check_overshoot(float(trace.x0[s].float().std()), trace, s, real)  # not divided by real
+    assert not lesson3.check_overshoot(float(trace.latents[s].float().std()) / real, trace, s, real)  # noisy latent
+    assert not lesson3.check_overshoot(None, trace, s, real)
+
+
+def test_redness_and_red_count():
+    red, blue = _picture("red"), _picture("blue")
+    assert lesson3.redness(red) > 0.05 and lesson3.redness(blue) == 0
+    assert lesson3.red_count([red, blue, _picture("red", 1)]) == 2
+
+
+def test_check_fewest_red(capsys):
+    pics = {"red": [_picture("red"), _picture("blue")], "a red circle": [_picture("blue"), _picture("green")],
+            "a large red circle": [_picture("red"), _picture("red", 1)]}
+    assert lesson3.check_fewest_red("a red circle", pics, prediction="red")
+    assert "was off" in capsys.readouterr().out
+    assert not lesson3.check_fewest_red("red", pics)
+    assert not lesson3.check_fewest_red("a large red circle", pics)
+    assert not lesson3.check_fewest_red(None, pics)
+    assert "Not answered yet" in capsys.readouterr().out
+
+
+def test_clipped_fraction():
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    some = grey.copy()
+    some[:6] = 0
+    assert lesson3.clipped_fraction(grey) == 0
+    assert lesson3.clipped_fraction(some) == pytest.approx(6 / 8)
