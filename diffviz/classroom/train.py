@@ -91,12 +91,14 @@ def train_vae(vae, args, device) -> None:
 
 
 @torch.no_grad()
-def precompute(vae, args, device, exclude) -> dict:
-    """Latents ``[n, 4, s/4, s/4]`` (VAE mean) and token ids ``[n, 77]`` of ``data.scenes(seed, n)``, streamed."""
+def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
+    """Latents ``[n, 4, s/4, s/4]`` (VAE mean) and token ids ``[n, 77]`` of ``data.scenes(seed, n)``, streamed;
+    ``progress`` shows a bar."""
     tok = model.tokenizer()
     rng = np.random.default_rng(args.seed)  # the same scenes, in the same order, as data.scenes(args.seed, ...)
     latents, ids = [], []
-    for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout):
+    for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
+                      disable=not progress):
         chunk = [data.random_scene(rng, exclude, args.image_size) for _ in range(min(512, args.n_scenes - start))]
         latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
