@@ -31,8 +31,8 @@ def test_unanswered_prints_a_hint_and_is_false(trace, capsys):
         lambda: lesson2.check_top_word(None, trace),
         lambda: lesson2.check_peak_step(None, trace, "red"),
         lambda: lesson3.check_guided(None, trace, 2),
-        lambda: lesson4.check_diversity(None, images), lambda: lesson4.check_least_diverse(None, {1: images}),
         lambda: lesson4.check_seed_vs_word(None, *images, images[0]),
+        lambda: lesson4.check_red_share(None, images, "circle"),
     ]
     for check in checks:
         assert check() is False
@@ -115,30 +115,25 @@ def seed_images(sd_pipe):
     return same, edited
 
 
-def test_check_diversity(seed_images):
+def test_diversity(seed_images):
     same, _ = seed_images
     x = [im.astype(np.float64) / 255 for im in same]
     right = np.mean([np.sqrt(((x[i] - x[j]) ** 2).mean()) for i in range(4) for j in range(i + 1, 4)])
-    assert lesson4.check_diversity(right, same)
-    assert not lesson4.check_diversity(0.0, same)
-    assert not lesson4.check_diversity(right * 255, same)  # pixels in 0..255 instead of 0..1
+    assert lesson4.diversity(same) == pytest.approx(right, rel=1e-5)
     assert lesson4.diversity([same[0]] * 3) == 0
-
-
-def test_check_least_diverse(seed_images):
-    same, _ = seed_images
-    sets = {1: same, 7.5: [same[0], same[0], same[1]], 15: [same[0]] * 3}
-    assert lesson4.check_least_diverse(15, sets)
-    assert not lesson4.check_least_diverse(7.5, sets)
     with pytest.raises(ValueError, match="at least 2"):
         lesson4.diversity(same[:1])
 
 
-def test_check_seed_vs_word(seed_images):
+def test_check_seed_vs_word(seed_images, capsys):
     same, edited = seed_images
     rms = lambda a, b: np.sqrt(((a.astype(np.float64) - b) ** 2).mean())
     right = rms(same[0], same[1]) / rms(same[0], edited)
-    assert lesson4.check_seed_vs_word(right, same[0], edited, same[1])
+    more = "seed" if right > 1 else "word"
+    assert lesson4.check_seed_vs_word(right, same[0], edited, same[1], prediction=more)
+    assert f"Your prediction '{more}' was close" in capsys.readouterr().out
+    assert lesson4.check_seed_vs_word(right, same[0], edited, same[1], prediction={"seed": "word"}.get(more, "seed"))
+    assert "was off" in capsys.readouterr().out
     assert not lesson4.check_seed_vs_word(1 / right, same[0], edited, same[1])
 
 
