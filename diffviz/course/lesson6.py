@@ -1,18 +1,18 @@
 """Checks and small measurements for lesson 6, taking control (notebooks/06_taking_control.ipynb).
 
-The checks recompute the right answer from the student's own images and traces, so they hold for
-any model; none asserts what a picture should look like.
+The checks recompute the right answer from the student's own images (with the classroom judge where
+they count objects), so they hold for whatever the model drew; none asserts what a picture should show.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..attribution import Region, region_attention
-from ..trace import Trace
-from . import verdict
+from . import predicted, verdict
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
 
 
 def rgb(image) -> np.ndarray:
@@ -20,61 +20,84 @@ def rgb(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)[..., :3] / 255
 
 
-def foreground(image, threshold: float = 0.2) -> np.ndarray:
-    """bool [H, W]: pixels whose colour differs from the background (the median colour of the image's
-    border) by more than ``threshold`` (RGB distance, colours in [0, 1])."""
-    x = rgb(image)
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])  # [pixels, 3]
-    return np.linalg.norm(x - np.median(border, 0), axis=-1) > threshold
+def count(image, shape: str) -> int:
+    """How many objects of ``shape`` the classroom judge finds in ``image``."""
+    from ..classroom import judge
+
+    return sum(f.shape == shape for f in judge.find_objects(np.asarray(image)))
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool [H, W] masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+def lands_in(image, box: Box, shape: str, colour: str | None = None) -> bool:
+    """Does the judge find an object of ``shape`` (and ``colour``, if given) whose centre lies inside
+    ``box`` (x0, y0, x1, y1 pixels, edges excluded)?"""
+    from ..classroom import judge
+
+    x0, y0, x1, y1 = box
+    return any(f.shape == shape and colour in (None, f.colour) and x0 < f.centre[0] < x1 and y0 < f.centre[1] < y1
+               for f in judge.find_objects(np.asarray(image)))
 
 
-def box_share(trace: Trace, word: str | int, box: Region, steps=None) -> float:
-    """How concentrated ``word``'s attention is inside ``box``: its mean attention inside the box over its
-    mean over the whole image, at ``steps`` (1.0: no preference for the box)."""
-    i = trace.word_indices(word)[0]
-    inside = region_attention(trace, box, steps=steps)[i]
-    everywhere = region_attention(trace, None, steps=steps)[i]
-    return float(inside / everywhere) if everywhere > 0 else float("nan")
+def far_half(image, shape: str) -> Box:
+    """The half of the image (left or right) that does *not* hold the centre of ``image``'s largest
+    ``shape`` object: a box the object has to move into."""
+    from ..classroom import judge
+
+    h, w = np.asarray(image).shape[:2]
+    found = [f for f in judge.find_objects(np.asarray(image)) if f.shape == shape]
+    if not found:
+        raise ValueError(f"the judge finds no {shape} in this image: pick a seed where it is drawn.")
+    return (0, 0, w // 2, h) if found[0].centre[0] > w / 2 else (w // 2, 0, w, h)
 
 
-def check_steering(answer: float | None, plain: Trace, steered: Trace, word: str, box: Region, steps) -> bool:
-    """Exercise 1: box_share(steered) / box_share(plain) for ``word`` at ``steps`` (the steps left free)."""
-    right = box_share(steered, word, box, steps) / box_share(plain, word, box, steps)
-    ok = answer is not None and math.isfinite(right) and abs(float(answer) - right) <= 0.02 * abs(right) + 1e-6
-    return verdict(answer, ok, f"steering multiplied {word!r}'s attention share inside the box by {right:.2f} "
-                               "in the steps it did not touch" + (" (it followed the object)." if right > 1 else "."),
-                   "lesson6.box_share(trace, word, BOX, steps=FREE) for the steered trace, divided by the same "
-                   "for the plain trace.")
+def check_count(answer: int | None, images: Sequence, shape: str, prediction: int | None = None) -> bool:
+    """Exercise 1: the median number of ``shape`` objects the judge finds in ``images`` (one per seed)."""
+    counts = [count(im, shape) for im in images]
+    right = int(np.median(counts)) if counts else None
+    hint = (f"lesson6.count(image, {shape!r}) counts them in one image; take the median over your images "
+            "(int(np.median([...])).")
+    if not verdict(answer, right is not None and answer is not None and int(answer) == right,
+                   f"the judge counts {counts} {shape}s in your {len(images)} images: the median is {right}.", hint):
+        return False
+    predicted(prediction, prediction is not None and int(prediction) == right,
+              f"a median of {right} {shape}(s) after the edit")
+    return True
 
 
-def check_layout(answer: bool | None, source, plain, injected) -> bool:
-    """Exercise 2: does the injected image keep the source's layout better (foreground IoU) than a plain
-    generation of the new prompt? Equal overlaps accept either answer."""
-    fg = foreground(source)
-    with_inject, without = iou(fg, foreground(injected)), iou(fg, foreground(plain))
-    ok = answer is not None and isinstance(answer, (bool, np.bool_)) and (
-        with_inject == without or bool(answer) == (with_inject > without))
-    return verdict(answer, ok, f"overlap with the source's objects: injected {with_inject:.2f}, plain {without:.2f}.",
-                   "answer True or False: compare lesson6.iou(lesson6.foreground(source), lesson6.foreground(x)) "
-                   "for x = the injected image and x = the plain image of the new prompt.")
+def check_landed(answer: int | None, images: Sequence, boxes: Sequence[Box], shape: str,
+                 prediction: int | None = None) -> bool:
+    """Exercise 2: how many of ``images`` have their ``shape`` inside the matching box of ``boxes``.
+
+    The boxes were chosen where the unsteered object is not (``far_half``), so without steering the
+    count is 0: steering counts as having moved the objects only when at least half of them land,
+    far above what an edit's side effects move by chance.
+    """
+    landed = [lands_in(im, b, shape) for im, b in zip(images, boxes)]
+    right, n = sum(landed), len(landed)
+    hint = "count the images for which lesson6.lands_in(image, box, shape) is True (one box per image)."
+    moved = "steering moved them" if right >= n / 2 else "steering did not move them"
+    if not verdict(answer, answer is not None and n > 0 and int(answer) == right,
+                   f"{right} of {n} {shape}s landed in their box ({moved}; unsteered: 0 by the choice of boxes).",
+                   hint):
+        return False
+    predicted(prediction, prediction is not None and abs(int(prediction) - right) <= 1,
+              f"{right} of {n} landed")
+    return True
 
 
-def check_outside_change(answer: float | None, original, inpainted, mask: np.ndarray) -> bool:
-    """Exercise 3: mean |RGB change| (colours in [0, 1]) between ``original`` and ``inpainted`` over the
-    pixels *outside* ``mask`` (bool [H, W], True = repainted)."""
-    diff = np.abs(rgb(inpainted) - rgb(original)).mean(-1)
-    right = float(diff[~np.asarray(mask, bool)].mean())
+def check_change(answer: float | None, original, edited, region: np.ndarray, prediction: float | None = None) -> bool:
+    """Exercise 3: mean |RGB change| (colours in [0, 1]) between ``original`` and ``edited`` over the pixels
+    of ``region`` (bool [H, W]). ``prediction``: the same, guessed before measuring."""
+    diff = np.abs(rgb(edited) - rgb(original)).mean(-1)
+    region = np.asarray(region, bool)
+    right, elsewhere = float(diff[region].mean()), float(diff[~region].mean())
     ok = answer is not None and abs(float(answer) - right) <= 0.05 * right + 2e-3
-    return verdict(answer, ok, f"outside the mask the image changed by {right:.3f} on average "
-                               f"(inside: {float(diff[np.asarray(mask, bool)].mean()):.3f}).",
-                   "np.abs(lesson6.rgb(inpainted) - lesson6.rgb(original)).mean(-1) is the per-pixel change "
-                   "[H, W]; average it where the mask is False.")
+    if not verdict(answer, ok, f"in the region the image changed by {right:.3f} on average (elsewhere: {elsewhere:.3f}).",
+                   "np.abs(lesson6.rgb(edited) - lesson6.rgb(original)).mean(-1) is the per-pixel change [H, W]; "
+                   "average it where the region is True."):
+        return False
+    predicted(prediction, prediction is not None and abs(float(prediction) - right) <= max(0.3 * right, 0.01),
+              f"{right:.3f} in the region against {elsewhere:.3f} elsewhere")
+    return True
 
 
-__all__ = ["box_share", "check_layout", "check_outside_change", "check_steering", "foreground", "iou", "rgb"]
+__all__ = ["Box", "check_change", "check_count", "check_landed", "count", "far_half", "lands_in", "rgb"]
