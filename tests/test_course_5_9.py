@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import diffviz
-from diffviz import edit
 from diffviz.attribution import attribute, region_attention
-from diffviz.course import lesson5, lesson6, lesson7, lesson8, lesson9
+from diffviz.classroom import data
+from diffviz.course import lesson5, lesson7, lesson8, lesson9
 
 from .conftest import PROMPT, generate
 
@@ -56,53 +56,6 @@ def test_lesson5_better_predictor(attributed, traced):
     assert not lesson5.check_better_predictor("attention", att, scores, scores + 1)
     assert not lesson5.check_better_predictor("both", att, scores, att)
     assert not lesson5.check_better_predictor(None, att, scores, att)
-
-
-# ---- lesson 6 -------------------------------------------------------------------------------------
-def _picture(x0: int, colour=(220, 50, 50)) -> np.ndarray:
-    img = np.full((32, 32, 3), 235, np.uint8)
-    img[8:20, x0:x0 + 12] = colour
-    return img
-
-
-def test_lesson6_foreground_and_iou():
-    fg = lesson6.foreground(_picture(2))
-    assert fg.sum() == 144 and fg[8:20, 2:14].all()
-    assert lesson6.iou(fg, lesson6.foreground(_picture(2, (50, 90, 220)))) == 1.0
-    assert lesson6.iou(fg, lesson6.foreground(_picture(18))) == 0.0
-
-
-def test_lesson6_steering(sd_pipe, traced):
-    _, plain = traced
-    box = (32, 0, 64, 32)
-    _, steered = edit.steer(sd_pipe, PROMPT, "circle", box, steps=slice(0, 2), num_inference_steps=4)
-    free = slice(2, None)
-    right = lesson6.box_share(steered, "circle", box, free) / lesson6.box_share(plain, "circle", box, free)
-    assert lesson6.check_steering(right, plain, steered, "circle", box, free)
-    assert not lesson6.check_steering(right * 1.2, plain, steered, "circle", box, free)
-    assert not lesson6.check_steering(None, plain, steered, "circle", box, free)
-    # the steered steps themselves carry the edit: there the share rises by construction
-    assert lesson6.box_share(steered, "circle", box, slice(0, 2)) > lesson6.box_share(plain, "circle", box, slice(0, 2))
-
-
-def test_lesson6_layout():
-    source, kept, moved = _picture(2), _picture(2, (50, 170, 70)), _picture(18, (50, 170, 70))
-    assert lesson6.check_layout(True, source, moved, kept)
-    assert not lesson6.check_layout(False, source, moved, kept)
-    assert lesson6.check_layout(False, source, kept, moved)
-    assert not lesson6.check_layout("yes", source, moved, kept)  # a bool, not a word
-    assert not lesson6.check_layout(None, source, moved, kept)
-
-
-def test_lesson6_outside_change(sd_pipe, traced):
-    image, _ = traced
-    mask = np.zeros((64, 64), bool)
-    mask[:, 32:] = True
-    other = generate(sd_pipe, seed=1)
-    diff = np.abs(lesson6.rgb(other) - lesson6.rgb(image)).mean(-1)
-    assert lesson6.check_outside_change(float(diff[~mask].mean()), image, other, mask)
-    assert not lesson6.check_outside_change(float(diff[~mask].mean()) + 0.05, image, other, mask)
-    assert not lesson6.check_outside_change(None, image, other, mask)
 
 
 # ---- lesson 7 -------------------------------------------------------------------------------------
@@ -221,7 +174,7 @@ def test_lesson8_profiles_and_checks(head_traces):
     assert lesson8.check_top_head(list(right), heads, kinds, shares, "colour")
     assert not lesson8.check_top_head(wrong, heads, kinds, shares, "colour")
     assert not lesson8.check_top_head(None, heads, kinds, shares, "colour")
-    assert lesson8.check_total_heads(len(heads), tr)
+    assert lesson8.check_total_heads(len(heads), tr, prediction=len(heads))
     assert not lesson8.check_total_heads(len(tr.layers), tr)
 
 
@@ -230,11 +183,23 @@ def test_lesson8_needs_every_head(traced):
         lesson8.head_profiles([traced[1]], KINDS)
 
 
-def test_lesson8_largest_effect():
+def test_lesson8_largest_effect(capsys):
     effects = {"relation head": 0.01, "colour head": 0.05, "object head": 0.02}
     assert lesson8.check_largest_effect("colour head", effects)
     assert not lesson8.check_largest_effect("relation head", effects)
     assert not lesson8.check_largest_effect(None, effects)
+    resolution = {"relation head": "4x4", "colour head": "8x8", "object head": "8x8"}
+    assert lesson8.check_largest_effect("colour head", effects, prediction="4x4", resolution=resolution)
+    assert "prediction '4x4' was off" in capsys.readouterr().out
+    assert lesson8.check_largest_effect("colour head", effects, prediction="8x8", resolution=resolution)
+    assert "was close" in capsys.readouterr().out
+
+
+def test_lesson8_drawn_right():
+    scene = data.make_scene([data.Obj("circle", "red", "large"), data.Obj("square", "blue", "large")], "left of",
+                            np.random.default_rng(0)).image
+    assert lesson8.drawn_right("a red circle left of a blue square", scene)
+    assert not lesson8.drawn_right("a red circle right of a blue square", scene)
 
 
 # ---- lesson 9 -------------------------------------------------------------------------------------

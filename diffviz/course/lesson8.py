@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..trace import Trace
-from . import verdict
+from . import predicted, verdict
 
 Head = tuple[str, int]  # (layer name, head index)
 
@@ -56,12 +57,22 @@ def top_head(heads: Sequence[Head], kinds: Sequence[str], shares: torch.Tensor, 
     return heads[int(shares[:, list(kinds).index(kind)].argmax())]
 
 
-def check_total_heads(answer: int | None, trace: Trace) -> bool:
+def drawn_right(prompt: str, image) -> bool:
+    """Does the classroom judge find ``image`` ([H, W, 3] uint8) drawn as ``prompt``?"""
+    from ..classroom import judge
+
+    return bool(judge.judge(prompt, np.asarray(image))["correct"])
+
+
+def check_total_heads(answer: int | None, trace: Trace, prediction: int | None = None) -> bool:
     """Exercise 1: the number of attention heads in all the captured (prompt-reading) layers together."""
     right = sum(l.heads for l in trace.layers)
     ok = answer is not None and int(answer) == right
-    return verdict(answer, ok, f"{len(trace.layers)} prompt-reading layers with {[l.heads for l in trace.layers]} heads: "
-                               f"{right} heads.", "each Layer in trace.layers has a .heads; add them up.")
+    if not verdict(answer, ok, f"{len(trace.layers)} prompt-reading layers with {[l.heads for l in trace.layers]} "
+                               f"heads: {right} heads.", "each Layer in trace.layers has a .heads; add them up."):
+        return False
+    predicted(prediction, prediction is not None and int(prediction) == right, f"{right} heads")
+    return True
 
 
 def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[str], shares: torch.Tensor,
@@ -77,13 +88,21 @@ def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[s
                    f"{kind!r} column; lesson8.top_head does it for you, but try shares[:, k].argmax() first.")
 
 
-def check_largest_effect(answer: str | None, effects: Mapping[str, float]) -> bool:
-    """Exercise 3: the ablation (a key of ``effects``) whose effect is the largest (ties: any)."""
+def check_largest_effect(answer: str | None, effects: Mapping[str, float], prediction: str | None = None,
+                         resolution: Mapping[str, str] | None = None) -> bool:
+    """Exercise 3: the ablation (a key of ``effects``) whose effect is the largest (ties: any).
+    ``prediction``: the resolution ("4x4", "8x8") guessed for it first; ``resolution``: key -> its resolution."""
     top = max(effects.values())
     best = {k for k, v in effects.items() if v >= top - 1e-12}
     ok = answer is not None and str(answer) in best
-    return verdict(answer, ok, "effects: " + ", ".join(f"{k} {v:.3f}" for k, v in effects.items()) + ".",
-                   f"answer one of {list(effects)}: the key with the largest value.")
+    if not verdict(answer, ok, "effects: " + ", ".join(f"{k} {v:g}" for k, v in effects.items()) + ".",
+                   f"answer one of {list(effects)}: the key with the largest value."):
+        return False
+    if resolution is not None:
+        at = sorted({resolution[k] for k in best})
+        predicted(prediction, prediction in at, f"the largest effect, {top:g}, at {' and '.join(at)}")
+    return True
 
 
-__all__ = ["Head", "check_largest_effect", "check_top_head", "check_total_heads", "head_profiles", "top_head"]
+__all__ = ["Head", "check_largest_effect", "check_top_head", "check_total_heads", "drawn_right", "head_profiles",
+           "top_head"]
