@@ -1,4 +1,5 @@
-"""Checks for lesson 5, attention is not attribution (notebooks/05_attention_vs_attribution.ipynb).
+"""Lesson 5, attention is not attribution (notebooks/05_attention_vs_attribution.ipynb): the padding
+intervention, and the exercise checks.
 
 Each check recomputes the right answer from the student's own trace, attribution and measurements,
 so it holds for any model, trained or not.
@@ -8,51 +9,101 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ..attribution import Attribution, Region, region_attention, spearman
+from ..attribution import Attribution, Region, region_attention, region_mask, spearman
+from ..capture.families import family_of
 from ..trace import Trace
-from . import verdict
+from . import predicted, verdict
+
+
+def context_shares(trace: Trace) -> dict[str, float]:
+    """How each pixel's attention splits over the context positions, as shares summing to 1: "start"
+    (the start token), "words" (the prompt's word tokens), "end" (the first end token) and "padding" (the
+    end tokens after it). Averaged over steps, heads, pixels and layers (each layer counts once); needs a
+    trace captured with ``tokens="all"``."""
+    positions = [t.position for t in trace.tokens]
+    if positions != list(range(len(positions))):
+        raise ValueError("this trace does not hold every context position: capture it with "
+                         "diffviz.trace(pipe, tokens='all').")
+    rest = [t.position for t in trace.tokens if t.word is None and t.position > 0]
+    groups = {"start": [0], "words": [t.position for t in trace.tokens if t.word is not None],
+              "end": rest[:1], "padding": rest[1:]}
+    return {name: float(torch.stack([a[:, :, idx].float().sum(2).mean() for a in trace.attn.values()]).mean())
+            if idx else 0.0 for name, idx in groups.items()}
+
+
+def padded(pipe, trace: Trace, word: str | int, *, seed: int = 0, **call_kwargs):
+    """Generate ``trace.prompt`` again with ``word``'s tokens replaced by the padding token (the baseline
+    integrated gradients uses for that word); attention is not touched. ``pipe``: the pipeline that made
+    the trace (Stable Diffusion family: SD 1/2, SDXL, the classroom model). -> PIL image."""
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError("padded() needs a Stable Diffusion pipeline (one with a U-Net).")
+    model = family_of(pipe).step_model(trace, 0, "x0")
+    positions = [t.position for t in trace.tokens if t.word == trace.word_indices(word)[0]]
+    with torch.no_grad():
+        embeds, pooled = model.encode(*model.baseline_ids(positions))
+    if pooled is not None:
+        call_kwargs["pooled_prompt_embeds"] = pooled
+    return pipe(prompt_embeds=embeds, generator=torch.Generator().manual_seed(seed), **call_kwargs).images[0]
+
+
+def region_change(image, base, region: Region = None) -> float:
+    """Mean |ΔRGB| (in [0, 1]) between two images ([H, W, 3] uint8, PIL or tensor) inside ``region``
+    (a box (x0, y0, x1, y1) in pixels, a [H, W] mask, or None for the whole image)."""
+    a, b = (np.asarray(x, dtype=np.float32)[..., :3] / 255 for x in (image, base))
+    weights = region_mask(region, a.shape[0], a.shape[1]).numpy()
+    return float((np.abs(a - b).mean(-1) * weights).sum() / weights.sum())
 
 
 def _word(answer) -> str | None:
     return None if answer is None else str(answer).strip().lower()
 
 
-def check_top_attention(answer: str | None, trace: Trace, region: Region) -> bool:
+def check_top_attention(answer: str | None, trace: Trace, region: Region, prediction=None) -> bool:
     """Exercise 1: the word with the most attention inside ``region``, averaged over every step and layer."""
     att = region_attention(trace, region)  # [word]
     best = {trace.words[i].lower() for i in range(len(trace.words)) if att[i] >= att.max() - 1e-9}
-    return verdict(_word(answer), _word(answer) in best,
+    done = verdict(_word(answer), _word(answer) in best,
                    f"{answer!r} gets the most attention inside the region ({float(att.max()):.3f} on average).",
                    "diffviz.attribution.region_attention(trace, region) gives one number per word of "
                    "trace.words; take the word with the largest.")
+    if done:
+        predicted(prediction, _word(prediction) in best, f"{answer!r} gets the most attention")
+    return done
 
 
-def check_share(answer: float | None, attribution: Attribution, word: str) -> bool:
-    """Exercise 2: the share of the region's total change that integrated gradients gives ``word``."""
-    i = [w.lower() for w in attribution.words].index(word.lower())
-    right = float(attribution.word_scores[i]) / attribution.total if attribution.total else float("nan")
+def check_shares_sum(answer: float | None, attribution: Attribution, prediction=None) -> bool:
+    """Exercise 2: the words' integrated-gradients scores summed, as a share of ``attribution.total``."""
+    right = float(attribution.word_scores.sum()) / attribution.total if attribution.total else float("nan")
     ok = answer is not None and math.isfinite(right) and abs(float(answer) - right) <= 0.01 + 0.01 * abs(right)
-    return verdict(answer, ok, f"IG gives {word!r} {right:.1%} of the change the prompt makes in the region.",
-                   f"divide the word's score (attribution.word_scores at the index of {word!r} in "
-                   "attribution.words) by attribution.total. A share, not a percentage: 0.25, not 25.")
+    done = verdict(answer, ok, f"the word scores add up to {right:.1%} of the total change.",
+                   "divide attribution.word_scores.sum() by attribution.total (a share: 1.0, not 100).")
+    if done:
+        close = prediction is not None and abs(float(prediction) - right) <= 0.1
+        predicted(prediction, close, f"the shares add up to {right:.2f}, 1 up to captum's error "
+                                    f"(delta {attribution.delta:.2g} of {attribution.total:.3g})")
+    return done
 
 
 def check_better_predictor(answer: str | None, attention: torch.Tensor, attribution: torch.Tensor,
-                           effect: torch.Tensor) -> bool:
+                           effect: torch.Tensor, prediction=None) -> bool:
     """Exercise 3: which ranking of the words, "attention" or "attribution", agrees better (Spearman) with
-    the measured effect of suppressing each word. Ties (or an undefined correlation) accept either."""
+    the measured ``effect`` of each word. Ties (or an undefined correlation) accept either."""
     r_att, r_attr = spearman(attention, effect), spearman(attribution, effect)
     a = _word(answer)
     valid = a in ("attention", "attribution")
-    if math.isnan(r_att) or math.isnan(r_attr) or abs(r_att - r_attr) < 1e-9:
-        ok = valid
-    else:
-        ok = a == ("attention" if r_att > r_attr else "attribution")
-    return verdict(a, ok, f"Spearman with the suppression effect: attention {r_att:+.2f}, attribution {r_attr:+.2f}.",
+    tie = math.isnan(r_att) or math.isnan(r_attr) or abs(r_att - r_attr) < 1e-9
+    better = "attention" if r_att > r_attr else "attribution"
+    done = verdict(a, valid and (tie or a == better),
+                   f"Spearman with the effect: attention {r_att:+.2f}, attribution {r_attr:+.2f}.",
                    "answer 'attention' or 'attribution': compute diffviz.attribution.spearman(x, effect) for "
                    "x = the attention per word and x = attribution.word_scores, and pick the larger.")
+    if done:
+        predicted(prediction, tie or _word(prediction) == better, f"{better} ranks the words more like the effect")
+    return done
 
 
-__all__ = ["check_better_predictor", "check_share", "check_top_attention"]
+__all__ = ["check_better_predictor", "check_shares_sum", "check_top_attention", "context_shares", "padded",
+           "region_change"]
