@@ -36,6 +36,11 @@ def test_token_states_are_the_encoder_and_positions_move_words(classroom):
     assert torch.equal(moved[0, red], words_swapped[0, blue]) and torch.equal(moved[0, blue], words_swapped[0, red])
     assert torch.equal(moved[0, :red], words_swapped[0, :red])
     assert not torch.allclose(moved[0, red], lesson10.token_states(classroom, PROMPT)[0, red])
+    blue_vec = lesson10.token_embedding(classroom, "blue")
+    assert torch.equal(lesson10.token_states(classroom, PROMPT, replace={red: blue_vec})[0, red],
+                       lesson10.token_states(classroom, "a blue circle left of a blue square")[0, red])
+    with pytest.raises(ValueError, match="not one token"):
+        lesson10.token_embedding(classroom, "magenta")
     with pytest.raises(ValueError, match="not a token"):
         lesson10.word_position(classroom, PROMPT, "green")
     with pytest.raises(ValueError, match="77 indices"):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import verdict
+from .lesson4 import distance  # RMS pixel difference in [0, 1]
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 CROSSWISE = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
@@ -38,11 +39,22 @@ def word_position(pipe, prompt: str, word: str) -> int:
     raise ValueError(f"{word!r} is not a token of {prompt!r}; its tokens are {tokens[:12]}")
 
 
+def token_embedding(pipe, word: str) -> torch.Tensor:
+    """``[d]``: the token embedding of ``word`` (one token of the tokenizer's vocabulary)."""
+    tok = pipe.tokenizer
+    i = tok.convert_tokens_to_ids(f"{word}</w>")
+    if i == tok.unk_token_id:
+        raise ValueError(f"{word!r} is not one token of this tokenizer")
+    return pipe.text_encoder.get_input_embeddings().weight[i].detach()
+
+
 @torch.no_grad()
-def token_states(pipe, prompt: str, positions: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+def token_states(pipe, prompt: str, positions: Sequence[int] | torch.Tensor | None = None,
+                 replace: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """``[1, 77, d]`` text states of a text encoder without layers (the classroom's), built by hand:
     ``final_layer_norm(token_embedding(id_i) + position_embedding(positions[i]))``. ``positions`` (77 ints)
-    defaults to 0..76, which gives exactly the encoder's output. Pass as ``pipe(prompt_embeds=...)``."""
+    defaults to 0..76, which gives exactly the encoder's output; ``replace`` maps a token index to a token
+    embedding ``[d]`` used there instead (e.g. a mix of two words'). Pass as ``pipe(prompt_embeds=...)``."""
     enc = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
     if len(getattr(enc.encoder, "layers", ())) != 0:
         raise ValueError(f"this text encoder has {len(enc.encoder.layers)} layers, in which tokens mix: its states "
@@ -52,7 +64,10 @@ def token_states(pipe, prompt: str, positions: Sequence[int] | torch.Tensor | No
     if pos.shape != (ids.shape[1],):
         raise ValueError(f"positions must be {ids.shape[1]} indices, one per token; got shape {list(pos.shape)}")
     emb = enc.embeddings
-    return enc.final_layer_norm(emb.token_embedding(ids) + emb.position_embedding(pos)[None])
+    tokens = emb.token_embedding(ids)  # [1, 77, d]
+    for i, vector in (replace or {}).items():
+        tokens[0, i] = vector
+    return enc.final_layer_norm(tokens + emb.position_embedding(pos)[None])
 
 
 def swapped(n: int, i: int, j: int) -> torch.Tensor:
@@ -60,12 +75,6 @@ def swapped(n: int, i: int, j: int) -> torch.Tensor:
     pos = torch.arange(n)
     pos[[i, j]] = pos[[j, i]]
     return pos
-
-
-def distance(a, b) -> float:
-    """Root-mean-square pixel difference of two images (``[H, W, 3]`` uint8 or PIL), in [0, 1]."""
-    a, b = (np.asarray(x, dtype=np.float32)[..., :3] / 255 for x in (a, b))
-    return float(np.sqrt(((a - b) ** 2).mean()))
 
 
 # ---- what each part of a caption is worth -------------------------------------------------------------------
@@ -218,6 +227,6 @@ def check_ignored(prediction, gains: dict[str, float]) -> bool:
                    "object?")
 
 
-__all__ = ["EDITS", "REVERSED_ANSWERS", "check_first_learnt", "check_ignored", "check_reversed", "distance",
-           "edit_caption", "ignored", "probe_scenes", "swapped", "tiny_trainer", "token_ids", "token_states",
+__all__ = ["EDITS", "REVERSED_ANSWERS", "check_first_learnt", "check_ignored", "check_reversed", "edit_caption",
+           "ignored", "probe_scenes", "swapped", "tiny_trainer", "token_embedding", "token_ids", "token_states",
            "trained_pipeline", "word_gains", "word_position"]
