@@ -78,3 +78,14 @@ def test_check_recoloured_unanswered(capsys):
     assert "Not answered yet. Hint:" in capsys.readouterr().out
     assert not lesson1.check_recoloured(1, [], OTHER)  # an answer but no pictures to count
     assert "Hint:" in capsys.readouterr().out
+
+
+def test_pipeline_diagram_labels_its_arrows_with_the_traces_shapes(trace):
+    fig = lesson1.pipeline_diagram(trace, text_states=(77, 32))
+    labels = " ".join(a.text for a in fig.layout.annotations)
+    c, h, w = trace.latents.shape[1:]
+    for shape in ("token ids [77]", "text embeddings [77, 32]", f"[{c}, {h}, {w}]",
+                  f"image [{trace.height}, {trace.width}, 3]", f"repeated {trace.num_steps} times"):
+        assert shape in labels
+    assert "(x2)" in labels  # guided: the U-Net runs with and without the prompt
+    assert len(fig.layout.images) == 1  # the trace's picture at the end

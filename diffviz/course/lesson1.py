@@ -1,4 +1,4 @@
-"""Lesson 1, denoising step by step: reference answers and exercise checks.
+"""Lesson 1, denoising step by step: the pipeline diagram, reference answers and exercise checks.
 
 Every ``check_*`` prints a verdict and returns True or False; ``None`` (unanswered) prints a hint. A
 ``prediction`` (written before measuring) is compared once the answer is right.
@@ -9,10 +9,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
 
 from ..trace import Trace
+from ..viz._draw import png_uri
 from . import predicted, tensor_answer, verdict
+
+
+def pipeline_diagram(trace: Trace, text_states: Sequence[int]) -> go.Figure:
+    """The text-to-image pipeline as boxes and arrows, each arrow labelled with the shape of what passes
+    along it in ``trace``'s generation; ``text_states`` is the text encoder's output shape for one prompt,
+    ``(tokens, d)``. The trace's picture sits at the end."""
+    c, h, w = trace.latents.shape[1:]
+    tokens, d = text_states
+    fig = go.Figure()
+    boxes = {"tokenizer": (2.3, 3), "text encoder": (5.2, 3), "U-Net": (5.2, 1), "scheduler": (7.9, 1),
+             "VAE decoder": (11.5, 1)}
+    notes = {"U-Net": "predicts the noise" + (" (x2)" if trace.noise_uncond is not None else ""),
+             "scheduler": "removes part of it"}
+    for name, (x, y) in boxes.items():
+        fig.add_shape(type="rect", x0=x - 1.05, x1=x + 1.05, y0=y - 0.45, y1=y + 0.45, fillcolor="#e8eef8",
+                      line={"color": "#4a6fa5"})
+        note = f"<br><span style='font-size:11px'>{notes[name]}</span>" if name in notes else ""
+        fig.add_annotation(x=x, y=y, text=f"<b>{name}</b>{note}", showarrow=False, font={"size": 14})
+    fig.add_shape(type="rect", x0=3.75, x1=9.1, y0=-0.05, y1=1.75, line={"color": "#999", "dash": "dash"})
+    fig.add_annotation(x=9.05, y=1.6, text=f"repeated {trace.num_steps} times, noisy to clean", showarrow=False,
+                       xanchor="right", font={"size": 11, "color": "#666"})
+
+    def arrow(start, end, label, where=None, **style):
+        fig.add_annotation(x=end[0], y=end[1], ax=start[0], ay=start[1], xref="x", yref="y", axref="x",
+                           ayref="y", showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=1.5, text="")
+        lx, ly = where or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.22)
+        fig.add_annotation(x=lx, y=ly, text=label, showarrow=False, font={"size": 12}, **style)
+
+    arrow((0.5, 3), (1.25, 3), "", where=(0.1, 3))
+    fig.add_annotation(x=0.45, y=3, text="prompt", showarrow=False, xanchor="right", font={"size": 13})
+    arrow((3.35, 3), (4.15, 3), f"token ids [{tokens}]", where=(3.75, 3.7))
+    arrow((5.2, 2.55), (5.2, 1.45), f"text embeddings [{tokens}, {d}]<br>(read by cross-attention)",
+          where=(5.3, 2.12), xanchor="left")
+    arrow((1.6, 1), (4.15, 1), f"noise x<sub>T</sub> [{c}, {h}, {w}]")
+    arrow((6.25, 1.15), (6.85, 1.15), "")
+    arrow((6.85, 0.85), (6.25, 0.85), f"x<sub>t-1</sub> [{c}, {h}, {w}]", where=(6.55, 0.2))
+    arrow((8.95, 1), (10.45, 1), f"x<sub>0</sub> [{c}, {h}, {w}]", where=(9.78, 1.25))
+    arrow((12.55, 1), (13.15, 1), f"image [{trace.height}, {trace.width}, 3]", where=(14.0, 2.0))
+    if trace.image is not None:
+        big = np.asarray(trace.image).repeat(4, axis=0).repeat(4, axis=1)  # sharp pixels, not a blur
+        fig.add_layout_image(source=png_uri(big), x=13.25, y=1.75, sizex=1.5, sizey=1.5, xref="x",
+                             yref="y", sizing="stretch", layer="above")
+    fig.update_xaxes(visible=False, range=[-1.1, 15.3])
+    fig.update_yaxes(visible=False, range=[-0.3, 4], scaleanchor="x")
+    fig.update_layout(width=960, height=290, margin={"l": 5, "r": 5, "t": 5, "b": 5}, plot_bgcolor="white",
+                      showlegend=False)
+    return fig
 
 
 def x0_from_noise(trace: Trace, step: int) -> torch.Tensor:
