@@ -6,10 +6,12 @@ must not change their weights or attributes.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import diffviz
+from diffviz.classroom import data
 from diffviz.testing import tiny_pipeline
 
 # Tiny models: one intra-op thread is as fast alone and 10-20x faster on a busy machine.
@@ -21,6 +23,14 @@ def generate(pipe, prompt: str = PROMPT, steps: int = 4, seed: int = 0, **kwargs
     """One image from ``pipe`` with a fixed seed, 64x64."""
     return pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
                 height=64, width=64, **kwargs).images[0]
+
+
+def training_picture(prompt: str, seed: int = 0) -> np.ndarray:
+    """[H, W, 3] uint8 training picture of a classroom ``prompt`` (unsized objects drawn large): made by
+    the data generator, so its content is known and the judge finds it right."""
+    objects, relation = data.parse_caption(prompt)
+    objects = [data.Obj(o["shape"], o["colour"], o["size"] or "large") for o in objects]
+    return data.make_scene(objects, relation, np.random.default_rng(seed)).image
 
 
 def _pipe(kind: str, scheduler: str):
@@ -42,6 +52,14 @@ def sdxl_pipe():
 @pytest.fixture(scope="session", params=["ddim", "euler", "dpm"])
 def sd_pipe_any_scheduler(request):
     return _pipe("sd", request.param)
+
+
+@pytest.fixture(scope="session")
+def traced6(sd_pipe):
+    """The trace of PROMPT on the tiny SD pipeline, 6 DDIM steps, guidance 7.5 (the lessons' checks)."""
+    with diffviz.trace(sd_pipe) as tr:
+        generate(sd_pipe, steps=6)
+    return tr
 
 
 @pytest.fixture(scope="session")

@@ -5,31 +5,20 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-import diffviz
-from diffviz.classroom import data
 from diffviz.course import lesson1
 
-from .conftest import generate
+from .conftest import training_picture
 
 OTHER = "a blue circle left of a red square"
 
 
 @pytest.fixture(scope="module")
-def trace(sd_pipe):
-    with diffviz.trace(sd_pipe) as tr:
-        generate(sd_pipe, steps=6)
-    return tr
+def trace(traced6):
+    return traced6
 
 
-def _picture(prompt: str, seed: int = 0) -> np.ndarray:
-    """A training picture of ``prompt``: drawn by the data generator, so the judge finds it right."""
-    objects, relation = data.parse_caption(prompt)
-    scene = data.make_scene([data.Obj(o["shape"], o["colour"], o["size"] or "large") for o in objects], relation,
-                            np.random.default_rng(seed))
-    return scene.image
 
 
 def test_distance_share_runs_from_one_to_zero(trace):
@@ -65,7 +54,8 @@ def test_check_signal_step_with_a_prediction(trace, capsys):
 
 
 def test_check_recoloured_counts_the_students_pictures():
-    pics = [_picture(OTHER, 0), _picture(OTHER, 1), _picture("a red circle left of a blue square")]
+    pics = [training_picture(OTHER, 0), training_picture(OTHER, 1),
+            training_picture("a red circle left of a blue square")]
     assert lesson1.drawn_right(pics, OTHER) == 2
     assert lesson1.check_recoloured(2, pics, OTHER, prediction=0)
     assert not lesson1.check_recoloured(3, pics, OTHER)
@@ -74,7 +64,7 @@ def test_check_recoloured_counts_the_students_pictures():
 
 
 def test_check_recoloured_unanswered(capsys):
-    assert not lesson1.check_recoloured(None, [_picture(OTHER)], OTHER)
+    assert not lesson1.check_recoloured(None, [training_picture(OTHER)], OTHER)
     assert "Not answered yet. Hint:" in capsys.readouterr().out
     assert not lesson1.check_recoloured(1, [], OTHER)  # an answer but no pictures to count
     assert "Hint:" in capsys.readouterr().out

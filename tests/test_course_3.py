@@ -6,23 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import diffviz
-from diffviz.classroom import data
 from diffviz.course import lesson3
 
-from .conftest import generate
+from .conftest import training_picture
 
 
 @pytest.fixture(scope="module")
-def trace(sd_pipe):
-    with diffviz.trace(sd_pipe) as tr:
-        generate(sd_pipe, steps=6)
-    return tr
+def trace(traced6):
+    return traced6
 
 
-def _picture(colour: str, seed: int = 0) -> np.ndarray:
-    """A training picture of one large circle of ``colour``."""
-    return data.make_scene([data.Obj("circle", colour, "large")], None, np.random.default_rng(seed)).image
 
 
 def test_check_guided_compares_the_predicted_ratio(trace, capsys):
@@ -48,14 +41,15 @@ def test_check_overshoot(trace, capsys):
 
 
 def test_redness_and_red_count():
-    red, blue = _picture("red"), _picture("blue")
+    red, blue = training_picture("a large red circle"), training_picture("a large blue circle")
     assert lesson3.redness(red) > 0.05 and lesson3.redness(blue) == 0
-    assert lesson3.red_count([red, blue, _picture("red", 1)]) == 2
+    assert lesson3.red_count([red, blue, training_picture("a large red circle", 1)]) == 2
 
 
 def test_check_fewest_red(capsys):
-    pics = {"red": [_picture("red"), _picture("blue")], "a red circle": [_picture("blue"), _picture("green")],
-            "a large red circle": [_picture("red"), _picture("red", 1)]}
+    red, blue, green = (training_picture(f"a large {c} circle") for c in ("red", "blue", "green"))
+    pics = {"red": [red, blue], "a red circle": [blue, green],
+            "a large red circle": [red, training_picture("a large red circle", 1)]}
     assert lesson3.check_fewest_red("a red circle", pics, prediction="red")
     assert "was off" in capsys.readouterr().out
     assert not lesson3.check_fewest_red("red", pics)

@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 from diffviz import course
-from diffviz.classroom import data
 
-
-def _picture(prompt: str) -> np.ndarray:
-    """A training picture of ``prompt``: drawn by the data generator, so its content is known."""
-    objects, relation = data.parse_caption(prompt)
-    scene = data.make_scene([data.Obj(o["shape"], o["colour"], o["size"] or "large") for o in objects], relation,
-                            np.random.default_rng(0))
-    return scene.image
+from .conftest import training_picture
 
 
 def test_judged_passes_a_right_picture_and_names_what_a_wrong_one_shows(capsys):
-    image = _picture("a red circle left of a blue square")
+    image = training_picture("a red circle left of a blue square")
     assert course.judged("a red circle left of a blue square", image)["correct"]
     assert "drawn right" in capsys.readouterr().out
     with pytest.raises(course.LessonClaimError, match=r"asked 'a blue circle left of a red square'.*red circle"):
