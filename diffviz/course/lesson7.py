@@ -135,21 +135,24 @@ def check_generalisation_gap(prediction: str | None, seen: Sequence[bool], held_
                                    f"a gap of {gap:+.0%}.", hint)
 
 
-def check_most_common_colour(prediction: str | None, colours: Sequence[str]) -> bool:
-    """Exercise: the colour found most often in the images of a colourless prompt (ties: any of the top)."""
-    counts = Counter(colours)
-    if not counts:
-        ok = prediction is not None and str(prediction).strip().lower() in ("none", "")
-        return verdict(prediction, ok, "no object was found in any image, so there is no most common colour.",
-                       "the list of colours is empty: answer 'none'.")
-    top = max(counts.values())
-    best = sorted(c for c, n in counts.items() if n == top)
-    ok = prediction is not None and str(prediction).strip().lower() in best
-    return verdict(prediction, ok, f"{best[0]!r} in {top} of {sum(counts.values())} objects; "
-                                   f"counts {dict(counts.most_common())}.",
-                   "a colour name; lesson7.colourless_share(shape) says what the training data drew.")
+RARE_ANSWERS = ("more", "about as often", "much less")
 
 
-__all__ = ["GAP_ANSWERS", "check_generalisation_gap", "check_memory_growth", "check_most_common_colour", "colourless_share",
-           "largest_allocation", "latent_cells", "learnt_at", "quality_curve", "rate", "score_matrix_bytes",
-           "two_object_outcome"]
+def check_rare_colours(prediction: str | None, colours: Sequence[str], rare: Sequence[str], data_share: float) -> bool:
+    """Exercise: does the model draw the rare colours ``rare`` "more" often than the data (1.5x its share or
+    more), "about as often", or "much less" (under half)? ``colours``: one found colour per object drawn;
+    ``data_share``: the rare colours' share of the data's colourless objects (0..1)."""
+    drawn = sum(c in rare for c in colours) / len(colours) if colours else float("nan")
+    right = (RARE_ANSWERS[0] if drawn >= 1.5 * data_share else RARE_ANSWERS[2] if drawn < data_share / 2
+             else RARE_ANSWERS[1])
+    answer = None if prediction is None else str(prediction).strip().lower()
+    hint = (f"answer one of {RARE_ANSWERS}. A model that only inherits its data's bias would draw them as "
+            "often as the data; think about what guidance does to what is not typical of a caption."
+            if answer in (None, *RARE_ANSWERS) else f"{prediction!r} is not one of {RARE_ANSWERS}.")
+    return verdict(prediction, answer == right, f"{right}: the rare colours ({', '.join(rare)}) are {drawn:.0%} of "
+                                                f"the {len(colours)} objects drawn, {data_share:.0%} of the data.", hint)
+
+
+__all__ = ["GAP_ANSWERS", "RARE_ANSWERS", "check_generalisation_gap", "check_memory_growth", "check_rare_colours",
+           "colourless_share", "largest_allocation", "latent_cells", "learnt_at", "quality_curve", "rate",
+           "score_matrix_bytes", "two_object_outcome"]
