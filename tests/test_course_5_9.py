@@ -160,8 +160,12 @@ def test_lesson8_profiles_and_checks(head_traces):
     assert lesson8.check_top_head(list(right), heads, kinds, shares, "colour")
     assert not lesson8.check_top_head(wrong, heads, kinds, shares, "colour")
     assert not lesson8.check_top_head(None, heads, kinds, shares, "colour")
-    assert lesson8.check_total_heads(len(heads), tr, prediction=len(heads))
-    assert not lesson8.check_total_heads(len(tr.layers), tr)
+    right_where = right[0].rsplit(".", 1)[-1]
+    assert lesson8.check_top_head(right, heads, kinds, shares, "colour", prediction=right_where)
+    n_colour = int((shares.argmax(1) == 1).sum())
+    assert lesson8.check_top_kind_count(n_colour, kinds, shares, "colour", prediction=n_colour)
+    assert not lesson8.check_top_kind_count(n_colour + 1, kinds, shares, "colour")
+    assert not lesson8.check_top_kind_count(None, kinds, shares, "colour")
 
 
 def test_lesson8_needs_every_head(traced):
@@ -174,10 +178,11 @@ def test_lesson8_largest_effect(capsys):
     assert lesson8.check_largest_effect("colour head", effects)
     assert not lesson8.check_largest_effect("relation head", effects)
     assert not lesson8.check_largest_effect(None, effects)
-    resolution = {"relation head": "4x4", "colour head": "8x8", "object head": "8x8"}
-    assert lesson8.check_largest_effect("colour head", effects, prediction="4x4", resolution=resolution)
-    assert "prediction '4x4' was off" in capsys.readouterr().out
-    assert lesson8.check_largest_effect("colour head", effects, prediction="8x8", resolution=resolution)
+    capsys.readouterr()
+    assert lesson8.check_largest_effect("colour head", effects, prediction="object head")
+    out = capsys.readouterr().out
+    assert "prediction 'object head' was off" in out and "(2.5x the next)" in out
+    assert lesson8.check_largest_effect("colour head", effects, prediction="colour head")
     assert "was close" in capsys.readouterr().out
 
 

@@ -64,45 +64,54 @@ def drawn_right(prompt: str, image) -> bool:
     return bool(judge.judge(prompt, np.asarray(image))["correct"])
 
 
-def check_total_heads(answer: int | None, trace: Trace, prediction: int | None = None) -> bool:
-    """Exercise 1: the number of attention heads in all the captured (prompt-reading) layers together."""
-    right = sum(l.heads for l in trace.layers)
-    ok = answer is not None and int(answer) == right
-    if not verdict(answer, ok, f"{len(trace.layers)} prompt-reading layers with {[l.heads for l in trace.layers]} "
-                               f"heads: {right} heads.", "each Layer in trace.layers has a .heads; add them up."):
+def check_top_kind_count(answer: int | None, kinds: Sequence[str], shares: torch.Tensor, kind: str,
+                         prediction: int | None = None) -> bool:
+    """Exercise 1: how many heads give ``kind`` a larger share of their attention than any other kind."""
+    top = shares.argmax(1)
+    right = int((top == list(kinds).index(kind)).sum())
+    counts = ", ".join(f"{k} {int((top == i).sum())}" for i, k in enumerate(kinds))
+    if not verdict(answer, answer is not None and int(answer) == right,
+                   f"{right} of {len(top)} heads read {kind} words most (top kind per head: {counts}).",
+                   "shares.argmax(1) is each head's top kind (an index into kinds); count the heads where it is "
+                   f"kinds.index({kind!r})."):
         return False
-    predicted(prediction, prediction is not None and int(prediction) == right, f"{right} heads")
+    predicted(prediction, prediction is not None and abs(int(prediction) - right) <= max(2, 0.2 * right),
+              f"{right} of {len(top)} heads")
     return True
 
 
 def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[str], shares: torch.Tensor,
-                   kind: str) -> bool:
-    """Exercise 2: the (layer, head) with the largest share of attention on words of ``kind`` (ties: any)."""
+                   kind: str, prediction: str | None = None) -> bool:
+    """Exercise 2: the (layer, head) with the largest share of attention on words of ``kind`` (ties: any).
+    ``prediction``: the kind of layer guessed for it first, the last part of its name ("attn1", "attn2")."""
     col = shares[:, list(kinds).index(kind)]
     best = {heads[i] for i in range(len(heads)) if col[i] >= col.max() - 1e-9}
     ok = answer is not None and tuple(answer) in best
     layer, h = heads[int(col.argmax())]
-    return verdict(answer, ok, f"head {h} of {layer} gives {float(col.max()):.0%} of its attention to {kind} words "
+    if not verdict(answer, ok, f"head {h} of {layer} gives {float(col.max()):.0%} of its attention to {kind} words "
                                f"(the median head: {float(col.median()):.0%}).",
                    f"answer a tuple (layer name, head index): the row of shares with the largest value in the "
-                   f"{kind!r} column; lesson8.top_head does it for you, but try shares[:, k].argmax() first.")
-
-
-def check_largest_effect(answer: str | None, effects: Mapping[str, float], prediction: str | None = None,
-                         resolution: Mapping[str, str] | None = None) -> bool:
-    """Exercise 3: the ablation (a key of ``effects``) whose effect is the largest (ties: any).
-    ``prediction``: the resolution ("4x4", "8x8") guessed for it first; ``resolution``: key -> its resolution."""
-    top = max(effects.values())
-    best = {k for k, v in effects.items() if v >= top - 1e-12}
-    ok = answer is not None and str(answer) in best
-    if not verdict(answer, ok, "effects: " + ", ".join(f"{k} {v:g}" for k, v in effects.items()) + ".",
-                   f"answer one of {list(effects)}: the key with the largest value."):
+                   f"{kind!r} column (shares[:, kinds.index({kind!r})].argmax() is its index in heads)."):
         return False
-    if resolution is not None:
-        at = sorted({resolution[k] for k in best})
-        predicted(prediction, prediction in at, f"the largest effect, {top:g}, at {' and '.join(at)}")
+    where = {name.rsplit(".", 1)[-1] for name, _ in best}
+    predicted(prediction, prediction in where, f"the {kind} head sits in an {' and '.join(sorted(where))} layer")
     return True
 
 
-__all__ = ["Head", "check_largest_effect", "check_top_head", "check_total_heads", "drawn_right", "head_profiles",
+def check_largest_effect(answer: str | None, effects: Mapping[str, float], prediction: str | None = None) -> bool:
+    """Exercise 3: the ablation (a key of ``effects``, e.g. "coarse", "fine") whose effect is the largest
+    (ties: any). ``prediction``: the key guessed first."""
+    top = max(effects.values())
+    best = {k for k, v in effects.items() if v >= top - 1e-12}
+    rest = [v for k, v in effects.items() if k not in best]
+    margin = f" ({top / max(rest):.1f}x the next)" if rest and max(rest) > 0 else ""
+    ok = answer is not None and str(answer) in best
+    if not verdict(answer, ok, "effects: " + ", ".join(f"{k} {v:.3g}" for k, v in effects.items()) + margin + ".",
+                   f"answer one of {list(effects)}: the key with the largest value."):
+        return False
+    predicted(prediction, prediction in best, f"the largest effect, {top:.3g}, from {' and '.join(sorted(best))}")
+    return True
+
+
+__all__ = ["Head", "check_largest_effect", "check_top_head", "check_top_kind_count", "drawn_right", "head_profiles",
            "top_head"]
