@@ -132,5 +132,8 @@ def test_figures(sd_pipe, traced):
     bars = why.attribution_bars(a).data[0]
     assert list(bars.x)[:3] == ["a", "red", "circle"] and np.allclose(bars.y, a.word_scores.numpy())
     assert "Spearman" in why.attention_vs_attribution(g).layout.title.text
+    # the region outlines (one per panel) draw no legend entries over the colour bar's title
+    outlines = [t for t in why.word_attribution(tr, a).data if t.name == "region"]
+    assert len(outlines) == 2 and all(t.showlegend is False for t in outlines)
     with pytest.raises(ValueError, match="word="):
         why.word_attribution(tr, attribute(sd_pipe, tr, 3, method="saliency"))

@@ -106,7 +106,7 @@ def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> g
         for c in (1, 2):
             fig.add_trace(go.Contour(z=outline, x0=0, dx=1, y0=0, dy=1, showscale=False, contours=dict(
                 start=0.5, end=0.5, coloring="none"), line=dict(color="white", width=2), hoverinfo="skip",
-                name="region"), row=1, col=c)
+                name="region", showlegend=False), row=1, col=c)
     for c in (1, 2):
         d.image_axes(fig, trace, 1, c)
     return fig.update_layout(title=f"“{a.word}”: {_what(a)}", width=820, height=440)
