@@ -29,3 +29,11 @@ def test_strips_lay_pictures_side_by_side(traced):
     d = denoising_strip(tr, 3, scale=1, gap=0)
     assert d.size == (3 * 64, 64) and np.array_equal(np.asarray(d)[:, -64:], tr.preview(3).numpy())
     assert strip([tr.image], scale=1).size == (64, 64)
+
+
+def test_denoising_strip_decodes_with_the_vae(sd_pipe, traced):
+    _, tr = traced
+    d = np.asarray(denoising_strip(tr, 3, of="latents", vae=sd_pipe.vae, scale=1, gap=0))
+    last = d[:, -64:].astype(int)
+    assert np.abs(last - tr.image.numpy()).max() <= 1  # the last latent decodes to the image itself
+    assert np.abs(last - tr.preview(4, of="latents").numpy()).max() > 8  # not the linear preview

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..decode import decode
 from ..trace import Trace
 
 
@@ -56,7 +57,13 @@ def word_strip(trace: Trace, words: Sequence[str | int] | None = None, **kwargs)
     return strip([trace.image] + [overlay(trace, w) for w in words], **kwargs)
 
 
-def denoising_strip(trace: Trace, n: int = 6, *, of: str = "x0", **kwargs) -> Image.Image:
-    """Fast previews of ``of`` ("x0" or "latents") at ``n`` evenly spaced steps, first to last."""
+def denoising_strip(trace: Trace, n: int = 6, *, of: str = "x0", vae: torch.nn.Module | None = None,
+                    **kwargs) -> Image.Image:
+    """``of`` ("x0" or "latents") at ``n`` evenly spaced steps, first to last: decoded by ``vae`` (the
+    pipeline's, true colours) when given, else the trace's fast linear preview (no model needed)."""
     steps = np.linspace(0, trace.num_steps - 1, n).round().astype(int)
-    return strip([trace.preview(int(s), of=of) for s in steps], **kwargs)
+    if vae is None:
+        return strip([trace.preview(int(s), of=of) for s in steps], **kwargs)
+    latents = {"x0": trace.x0, "latents": trace.latents}[of]
+    with torch.no_grad():
+        return strip([decode(vae, latents[int(s)]) for s in steps], **kwargs)
