@@ -63,8 +63,8 @@ def main(argv=None) -> None:
           f"at {MAX_IMAGE_SIDE} px, header {header} B (as measured above):")
     for n_words in (8, 15, 25, 40, 50, 75):
         # as summarize() picks: the finest precision whose tensors fit MAX_BYTES
-        tensors = {b: estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps, args.windows,
-                                     bits=b) for b in BITS}
+        tensors = {b: estimate_bytes(n_words, maps, (4, latent, latent), (1024, 1024), args.steps,
+                                     args.windows, bits=b) for b in BITS}
         bits = next((b for b in BITS if tensors[b] <= MAX_BYTES), BITS[-1])
         summary = header + tensors[bits]
         full = diffviz.estimate_bytes(fake, 1024, 1024, args.steps, n_tokens=n_words)["total"]

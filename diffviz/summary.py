@@ -7,9 +7,10 @@ the window's steps: units of attention probability, not normalised), plus the im
 ``MAX_IMAGE_SIDE`` px a side) and the final predicted x0 latents with the trace's linear preview map.
 One safetensors file with JSON metadata and a format version, written atomically (as trace files).
 Maps are stored as 8-bit fractions of each map's own maximum (error at most 1/510 of that maximum).
-A summary has a byte budget (``MAX_BYTES``: 1 MB with its header): when 8-bit maps would exceed it (an SDXL prompt of
-more than about 40 words), they are stored at 4 bits (error at most 1/30 of the maximum, ``bits`` in
-the file), which keeps every SDXL prompt (75 words at most) under 1 MB (``benchmarks/summary_size.py``).
+A summary has a byte budget (``MAX_BYTES``: 1 MB with its header): when 8-bit maps would exceed it (an
+SDXL prompt of more than about 40 words), they are stored at 4 bits (error at most 1/30 of the maximum,
+``bits`` in the file), which keeps every SDXL prompt (75 words at most) under 1 MB
+(``benchmarks/summary_size.py``).
 """
 
 from __future__ import annotations

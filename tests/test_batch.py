@@ -77,7 +77,8 @@ def test_summary_over_its_byte_budget_keeps_maps_at_4_bits(traced, tmp_path):
     s = summarize(tr, max_bytes=budget)
     assert s.bits == 4 and s.nbytes <= budget
     sizes = list(dict.fromkeys(l.size for l in tr.layers))
-    assert s.nbytes == estimate_bytes(len(tr.words), sizes, tuple(tr.x0.shape[1:]), (64, 64), tr.num_steps, bits=4)
+    assert s.nbytes == estimate_bytes(len(tr.words), sizes, tuple(tr.x0.shape[1:]), (64, 64), tr.num_steps,
+                                      bits=4)
     back = load_summary(s.save(tmp_path / "s4.dvs"))
     assert back.bits == 4 and all(torch.equal(back.maps[r], s.maps[r]) for r in s.maps)
     for r in s.maps:  # half a 4-bit level plus half an 8-bit one of each map's max

@@ -21,7 +21,9 @@ def test_lesson9_runs_on_a_saved_checkpoint(tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "ckpt")
     monkeypatch.setenv("DIFFVIZ_MODEL", str(tmp_path / "ckpt"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
     out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "skipped" not in out
     assert "StableDiffusionPipeline on cpu torch.float32" in out

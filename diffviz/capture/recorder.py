@@ -359,7 +359,8 @@ class Recorder:
         for names, maps in img.maps:
             groups[names].append(maps)
         if sum(map(len, groups)) > len({n for names in groups for n in names}):
-            raise CaptureError("a layer's attention changed shape between steps; diffviz keeps one shape per layer.")
+            raise CaptureError("a layer's attention changed shape between steps; diffviz keeps one shape per "
+                               "layer.")
         attn, attn_uncond = {}, {}
         for names, steps in groups.items():
             group = torch.stack(steps).cpu()  # [step, layer, row, head, token, query]

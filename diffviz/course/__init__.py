@@ -45,7 +45,8 @@ def setup(png: bool = True) -> bool:
     pio.renderers.default = "plotly_mimetype"
     if not png:
         return False
-    warnings.filterwarnings("ignore", message="The kopts argument is ignored")  # plotly, with a kaleido server
+    # plotly warns at every figure when kaleido runs as a server
+    warnings.filterwarnings("ignore", message="The kopts argument is ignored")
     try:
         import kaleido
         import plotly.graph_objects as go
@@ -78,7 +79,8 @@ def judged(prompt: str, image, *, what: str = "the example") -> dict | None:
     drawn = ", ".join(f"{f.size} {f.colour} {f.shape}" for f in verdict["found"]) or "no object"
     if not verdict["correct"]:
         raise LessonClaimError(f"{what} is drawn wrong: asked {prompt!r}, the judge found {drawn}"
-                               f" (relation right: {verdict['relation_ok']}). Pick a seed the model draws right.")
+                               f" (relation right: {verdict['relation_ok']}). Pick a seed the model draws "
+                               "right.")
     print(f"✓ {what} is drawn right (judge): {drawn}")
     return verdict
 
