@@ -151,17 +151,20 @@ def test_processors_are_restored_when_generation_raises(pipes, kind):
     assert not pipe.transformer._forward_pre_hooks and not pipe.transformer._forward_hooks
 
 
-def test_foreign_processor_is_refused_by_name(pipes):
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_foreign_processor_is_refused_by_name(pipes, kind):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    pipe = pipes["sd3"]
+    pipe = pipes[kind]
     saved = dict(pipe.transformer.attn_processors)
-    pipe.transformer.set_attn_processor({**saved, "transformer_blocks.1.attn.processor": AttnProcessor2_0()})
+    key = "transformer_blocks.0.attn.processor"
+    pipe.transformer.set_attn_processor({**saved, key: AttnProcessor2_0()})
     try:
-        with pytest.raises(diffviz.CaptureError, match="transformer_blocks.1.attn.*AttnProcessor2_0"):
+        refused = "transformer_blocks.0.attn.*AttnProcessor2_0, not diffusers'"
+        with pytest.raises(diffviz.CaptureError, match=refused):
             with diffviz.trace(pipe):
-                call(pipe, "sd3", steps=2)
-        kept = pipe.transformer.attn_processors["transformer_blocks.1.attn.processor"]
+                call(pipe, kind, steps=2)
+        kept = pipe.transformer.attn_processors[key]
         assert type(kept) is AttnProcessor2_0
     finally:
         pipe.transformer.set_attn_processor(saved)

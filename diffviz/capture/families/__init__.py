@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,27 @@ __all__ = ["FAMILIES", "CaptureError", "Family", "PromptTokens", "family_of", "s
 
 class CaptureError(RuntimeError):
     """A generation that diffviz cannot trace (or edit) as asked; the message says what to change."""
+
+
+def require_processor(name: str, original, expected: type, family: str, untraced: str) -> None:
+    """Refuse (CaptureError) a layer whose processor is not ``expected``: diffviz's replacement would drop
+    its effect. ``untraced`` names the processors not traced on ``family`` yet, for the message."""
+    if type(original) is not expected:
+        raise CaptureError(
+            f"layer {name!r} runs a {type(original).__name__}, not diffusers' {expected.__name__}: diffviz "
+            f"would replace it and drop its effect on the image ({untraced} not traced on {family} yet). "
+            "Trace without it (e.g. pipe.unload_ip_adapter()), or pick other layers with layers=..."
+        )
+
+
+def padded_ids(trace, ids: torch.Tensor, pad_id: int, positions: Sequence[int] | None = None) -> torch.Tensor:
+    """A copy of ``ids`` [batch, token] with the trace's word tokens (or ``positions``) set to ``pad_id``:
+    attribution's baseline, the prompt with its words made padding."""
+    if positions is None:
+        positions = [t.position for t in trace.tokens if t.word is not None]
+    ids = ids.clone()
+    ids[:, list(positions)] = pad_id
+    return ids
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from ...trace import Layer
 from .. import joint
-from . import CaptureError, PromptTokens, TransformerDenoiser, t5
+from . import CaptureError, PromptTokens, TransformerDenoiser, padded_ids, require_processor, t5
 from .flow import FlowMatching
 
 
@@ -50,12 +50,7 @@ class FluxFamily(TransformerDenoiser, FlowMatching):
     def processor(self, name: str, original, sink, edit):
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-        if type(original) is not FluxAttnProcessor:
-            raise CaptureError(
-                f"layer {name!r} runs a {type(original).__name__}, not diffusers' FluxAttnProcessor: diffviz "
-                "would replace it and drop its effect on the image (IP-Adapter is not traced on Flux yet). "
-                "Trace without it (pipe.unload_ip_adapter()), or pick other layers with layers=..."
-            )
+        require_processor(name, original, FluxAttnProcessor, "Flux", "IP-Adapter is")
         return FluxProcessor(name, sink, edit, original, self._text)
 
     # ---- the denoiser's packed latents -----------------------------------------------------------
@@ -230,10 +225,7 @@ class FluxStepModel:
 
     def baseline_ids(self, positions=None) -> list[torch.Tensor]:
         """T5 ids with the word tokens (or only ``positions``) replaced by the padding token."""
-        words = [t.position for t in self.trace.tokens if t.word is not None]
-        ids = self.ids[0].clone()
-        ids[:, list(words if positions is None else positions)] = self.pipe.tokenizer_2.pad_token_id
-        return [ids]
+        return [padded_ids(self.trace, self.ids[0], self.pipe.tokenizer_2.pad_token_id, positions)]
 
     def prepare(self) -> None:
         with torch.no_grad():

@@ -13,7 +13,7 @@ import inspect
 import torch
 
 from ...trace import Layer
-from . import Family, PromptTokens, TransformerDenoiser, t5
+from . import Family, PromptTokens, TransformerDenoiser, padded_ids, t5
 from .sd import SDFamily
 
 
@@ -121,10 +121,7 @@ class PixArtStepModel:
 
     def baseline_ids(self, positions=None) -> list[torch.Tensor]:
         """T5 ids with the word tokens (or only ``positions``) replaced by the padding token."""
-        words = [t.position for t in self.trace.tokens if t.word is not None]
-        ids = self.ids[0].clone()
-        ids[:, list(words if positions is None else positions)] = self.pipe.tokenizer.pad_token_id
-        return [ids]
+        return [padded_ids(self.trace, self.ids[0], self.pipe.tokenizer.pad_token_id, positions)]
 
     def prepare(self) -> None:
         with torch.no_grad():

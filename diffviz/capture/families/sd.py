@@ -16,7 +16,7 @@ import torch
 
 from ...trace import Layer, Token, Trace
 from ..processor import CrossAttnProcessor, wrap
-from . import CaptureError, Family, PromptTokens
+from . import CaptureError, Family, PromptTokens, padded_ids
 
 # processors that compute plain softmax attention: an edit may replace them (it computes the same maths)
 PLAIN = {"AttnProcessor", "AttnProcessor2_0", "SlicedAttnProcessor", "XFormersAttnProcessor", "AttnProcessorNPU",
@@ -221,13 +221,8 @@ class SDStepModel:
 
     def baseline_ids(self, positions: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Prompt ids with the word tokens (or only ``positions``) replaced by the padding token."""
-        pos = [t.position for t in self.trace.tokens if t.word is not None] if positions is None else positions
-        out = []
-        for tok, ids in zip(self.tokenizers, self.ids):
-            ids = ids.clone()
-            ids[:, list(pos)] = tok.pad_token_id
-            out.append(ids)
-        return out
+        return [padded_ids(self.trace, ids, tok.pad_token_id, positions)
+                for tok, ids in zip(self.tokenizers, self.ids)]
 
     def encode(self, *ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token ids (one tensor per text encoder) -> (embeds [n, 77, D], pooled [n, P] or None)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ...trace import Layer, Token
 from .. import joint
 from ..processor import split_heads
-from . import CaptureError, PromptTokens, TransformerDenoiser, t5
+from . import PromptTokens, TransformerDenoiser, require_processor, t5
 from .flow import FlowMatching
 from .sd import clip_tokens
 
@@ -38,13 +38,8 @@ class SD3Family(TransformerDenoiser, FlowMatching):
     def processor(self, name: str, original, sink, edit):
         from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-        if type(original) is not JointAttnProcessor2_0:
-            raise CaptureError(
-                f"layer {name!r} runs a {type(original).__name__}, not diffusers' JointAttnProcessor2_0: "
-                "diffviz would replace it and drop its effect on the image (IP-Adapter, PAG and fused "
-                "processors are not traced on SD3 yet). Trace without it (e.g. pipe.unload_ip_adapter()), or "
-                "pick other layers with layers=..."
-            )
+        require_processor(name, original, JointAttnProcessor2_0, "SD3",
+                          "IP-Adapter, PAG and fused processors are")
         return JointProcessor(name, sink, edit)
 
     def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
