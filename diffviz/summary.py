@@ -186,7 +186,8 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
         preview_weight=trace.preview_weight, model=dict(trace.model), scheduler=dict(trace.scheduler),
         options=dict(trace.options),
     )
-    for s.bits in BITS:  # the finest precision within the budget
+    for bits in BITS:  # the finest precision within the budget
+        s.bits = bits
         if s.nbytes <= max_bytes:
             break
     else:
