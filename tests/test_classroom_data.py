@@ -108,3 +108,35 @@ def test_tokenizer_one_token_per_word_and_unknown_words():
         assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
     assert unknown_words(tok, "a red zebra left of a Blue square") == ["zebra"]
     assert len(tok("zebra", add_special_tokens=False).input_ids) > 1  # split into characters, not dropped
+
+
+def near_ideal_shapes(image_size: int):
+    """Every shape drawn in boxes whose width and height are the object sizes +-1 px and differ by up to 2 px,
+    at quarter-pixel offsets: ``[(shape, w, h, mask)]``."""
+    out = []
+    for size in data.SIZES:
+        side = data.object_side(size, image_size)
+        for w in (side - 1, side, side + 1):
+            for h in range(w - 2, w + 3):
+                for offset in (3.0, 3.25, 3.5, 3.75):
+                    for shape in data.SHAPES:
+                        mask = data.shape_mask(shape, w, offset, offset + 0.5, image_size, height=h)
+                        out.append((shape, w, h, mask))
+    return out
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_judge_names_near_ideal_shapes_at_every_size(image_size):
+    from diffviz.classroom.judge import classify_shape
+
+    cases = near_ideal_shapes(image_size)
+    wrong = [(shape, w, h, classify_shape(m)) for shape, w, h, m in cases if classify_shape(m) != shape]
+    assert len(cases) == 2 * 3 * 5 * 4 * 3 and not wrong, wrong[:5]
+    assert {shape for shape, *_ in cases} == set(data.SHAPES)
+
+
+def test_judge_reads_an_oblong_square_scene_as_a_square():
+    image = np.full((32, 32, 3), 235, np.uint8)
+    image[4:18, 5:18] = data.COLOURS["red"]  # a 13x14 red box: a square drawn one pixel too tall
+    assert judge("a red square", image)["correct"]
+    assert not judge("a red circle", image)["correct"]

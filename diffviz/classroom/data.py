@@ -141,10 +141,15 @@ def object_side(size: str, image_size: int = IMAGE_SIZE) -> int:
     return int(round(SIZES[size] * image_size))
 
 
-def shape_mask(shape: str, side: int, x0: int, y0: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Bool ``[H, W]`` mask of ``shape`` in the ``side``-pixel box whose top-left pixel is (x0, y0)."""
+def shape_mask(shape: str, side: int, x0: float, y0: float, image_size: int = IMAGE_SIZE,
+               height: float | None = None) -> np.ndarray:
+    """Bool ``[H, W]`` mask of ``shape`` in the box whose top-left pixel is (x0, y0).
+
+    The box is ``side`` pixels wide and ``height`` (default ``side``) high: a circle in a non-square box is an
+    ellipse, a square a rectangle, a triangle keeps its apex at the top middle.
+    """
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
-    u, v = (xx - x0) / side, (yy - y0) / side  # box coordinates in [0, 1)
+    u, v = (xx - x0) / side, (yy - y0) / (side if height is None else height)  # box coordinates in [0, 1)
     inside = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
     if shape == "square":
         return inside

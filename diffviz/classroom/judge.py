@@ -65,19 +65,21 @@ def segment(image) -> dict[str, np.ndarray]:
 
 
 def classify_shape(mask: np.ndarray) -> str:
-    """The shape whose template, fitted to the region's bounding box, overlaps ``mask`` best (IoU)."""
+    """The shape whose template, fitted to the region's own bounding box, overlaps ``mask`` best (IoU).
+
+    Each template takes the box's width and height (a 13x14 square is a 13x14 rectangle, not a circle) and is
+    also tried half a pixel larger on each axis, since a small rasterised circle's pixels fill less than its
+    drawn box; a shape's score is its best fit.
+    """
     ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = max(x1 - x0, y1 - y0)
-    best, best_iou = SHAPES[0], -1.0
+    x0, y0 = xs.min(), ys.min()
+    w, h = xs.max() + 1 - x0, ys.max() + 1 - y0
+    ious = {}
     for shape in SHAPES:
-        # centre the template box on the region's bounding box
-        tx, ty = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-        template = shape_mask(shape, side, tx, ty, mask.shape[0])
-        iou = (template & mask).sum() / max((template | mask).sum(), 1)
-        if iou > best_iou:
-            best, best_iou = shape, iou
-    return best
+        fits = (shape_mask(shape, w + 2 * px, x0 - px, y0 - py, mask.shape[0], height=h + 2 * py)
+                for px in (0.0, 0.5) for py in (0.0, 0.5))
+        ious[shape] = max((t & mask).sum() / max((t | mask).sum(), 1) for t in fits)
+    return max(SHAPES, key=ious.__getitem__)
 
 
 def find_objects(image) -> list[Found]:
