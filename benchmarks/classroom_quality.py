@@ -99,7 +99,8 @@ def localisation(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
                         h = tr.word_heatmap(wi, layers=layer.name, heads=head).numpy()
                         per_head.setdefault((layer.name, head), []).append(iou(h >= THRESHOLD * h.max(), found.mask))
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
-    return {"miou": mean(all_ious), "miou_correct_images": mean(correct_ious), "n_words": len(all_ious),
+    return {"miou": mean(all_ious), "miou_correct_images": mean(correct_ious),
+            "ious_correct_images": correct_ious, "n_words": len(all_ious),
             "words_without_object": missing, "miou_colour": mean(per_kind["colour"]),
             "miou_shape": mean(per_kind["shape"]),
             "miou_by_resolution": {r: mean(v) for r, v in per_res.items()},

@@ -5,8 +5,9 @@
 #   afterwards:   python scripts/unpack_classroom_run.py <files_at>     (here, puts the weights in the package)
 #
 # .whl (git-ignored) holds the wheels the GPU image lacks; fetch them once with scripts/fetch_device_wheels.sh.
-# Budget (H200): ~1 min start, speed benchmark ~1 min, training MINUTES (default 7, VAE stage and latent
-# precompute included), snapshot scoring ~2 min. TINY=1 runs every stage at toy size on the CPU (a typo check).
+# Budget (H200): ~1 min start, speed benchmark ~1 min, VAE stage and latent precompute ~1 min, then MINUTES of
+# UNet training (default 7), snapshot scoring ~2 min. TINY=1 runs every stage at toy size on the CPU (a typo
+# check).
 # Leaves in $OUT: speed.txt, log.txt, curve.json (quality per snapshot), weights.tar (the model without its
 # UNet weights) and unet.safetensors (each file under the device tool's 16 MiB limit).
 set -euo pipefail
@@ -25,19 +26,19 @@ rm -rf "$WORK"
 
 if [ "${TINY:-0}" = 1 ]; then
     DEV="--device cpu --threads 1"
-    SPEED="--steps 1 --rounds 1 --n 256 --batch 8 --warmup 1"
+    SPEED="--device cpu --steps 1 --rounds 1 --quick"
     TRAIN="--vae-steps 2 --vae-batch 4 --n-scenes 64 --batch 8 --steps 4 --log-every 2"
     SCORE="--seeds 1 --loc-prompts 1 --steps 2"
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     DEV="--device cuda"
-    SPEED="--batch 1024 --steps 20 --rounds 3"
+    SPEED="--device cuda --batch 1024 --steps 20 --rounds 3"
     TRAIN="--vae-steps 300 --vae-batch 256 --vae-lr 3e-4 --n-scenes 300000 --batch 1024 --lr 1e-3 --warmup 300"
     TRAIN="$TRAIN --max-minutes $MINUTES --ship-every 1.5 --save-every 1000"
     SCORE="--seeds 1 --loc-prompts 10"
 fi
 
-python3 benchmarks/classroom_train_speed.py $DEV --image-size 64 $SPEED 2>&1 | tee "$OUT/speed.txt"
+python3 benchmarks/classroom_train_speed.py --image-size 64 $SPEED 2>&1 | tee "$OUT/speed.txt"
 python3 -m diffviz.classroom.train $DEV --image-size 64 --init-vae diffviz/classroom/weights/vae $TRAIN \
     --weights "$WORK/weights" --ckpt "$WORK/ckpt" 2>&1 | tee "$OUT/log.txt"
 

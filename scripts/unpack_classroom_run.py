@@ -26,18 +26,23 @@ def main(src: Path) -> None:
         shutil.copy2(src / "unet.safetensors", new / "unet" / "diffusion_pytorch_model.safetensors")
         curve = json.loads((src / "curve.json").read_text())
         (new / "quality_curve.json").write_text(json.dumps(curve["snapshots"], indent=1))
-        sys.path.insert(0, str(WEIGHTS.parents[2]))
-        from diffviz.classroom.model import load_pipeline
+        install(new)
 
-        pipe = load_pipeline(new)  # refuses a broken run before anything is replaced
-        print(f"loaded: {pipe.unet.config.sample_size * pipe.vae_scale_factor} px, "
-              f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f} M UNet parameters")
-        for item in sorted(new.iterdir()):
-            dest = WEIGHTS / item.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
-    print(f"shipped to {WEIGHTS}; now run benchmarks/classroom_quality.py and update TRAINING.md")
+
+def install(new: Path) -> None:
+    """Replace the package's model files with those in ``new`` (TRAINING.md stays), once ``new`` loads."""
+    sys.path.insert(0, str(WEIGHTS.parents[2]))
+    from diffviz.classroom.model import load_pipeline
+
+    pipe = load_pipeline(new)  # refuses a broken run before anything is replaced
+    print(f"loaded: {pipe.unet.config.sample_size * pipe.vae_scale_factor} px, "
+          f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f} M UNet parameters")
+    for item in sorted(new.iterdir()):
+        dest = WEIGHTS / item.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
+    print(f"shipped to {WEIGHTS}; now re-run the notebooks and update TRAINING.md")
 
 
 if __name__ == "__main__":

@@ -20,3 +20,22 @@ def test_gpu_capture_benchmark_runs_tiny_on_cpu():
     sizes = [float(m) for m in re.findall(r"trace +([\d.]+) MiB", out)]
     assert len(sizes) == 11 and all(s > 0 for s in sizes)
     assert "sd3 shape (tiny)" in out and "flux shape (tiny)" in out  # built on the meta device, as on a GPU
+
+
+def test_training_speed_benchmark_prints_its_table():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "classroom_train_speed.py"), "--quick",
+                          "--steps", "1", "--rounds", "1"], capture_output=True, text=True, timeout=600,
+                         check=True).stdout
+    rows = {m[0]: float(m[1]) for m in re.findall(r"^(\S.*?) +\d+ / +\d+ / +\d+ +([\d.]+)x +\d+%$", out, re.M)}
+    assert set(rows) == {"v1 step", "Trainer t1 b64", "Trainer t2 b64", "2 processes x 1 thread b64"}, out
+    assert rows["v1 step"] == 1.0 and all(r > 0 for r in rows.values())
+    assert re.search(r"fp32 matmul \(1024\^2\): \d+ GFLOP/s on 1 thread, \d+ on 2; model: 0\.\d+ GFLOP", out), out
+
+
+def test_recipe_table_intervals():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from classroom_recipes import wilson
+
+    low, high = wilson(29, 120)
+    assert low < 29 / 120 < high and 0.16 < low < 0.18 and 0.32 < high < 0.34  # the textbook Wilson interval
+    assert abs(wilson(0, 24)[0]) < 1e-12 and abs(wilson(24, 24)[1] - 1) < 1e-12

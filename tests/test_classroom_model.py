@@ -1,6 +1,7 @@
 """The classroom model: loads offline from the package, generates, tells unknown words; training resumes."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -94,32 +95,95 @@ def test_training_is_seeded_and_resumable(tmp_path):
         assert not torch.equal(resumed["p0"], next(initial.parameters()).detach())  # it did train
     shipped = load_pipeline(tmp_path / "w_resumed")
     log = json.loads((tmp_path / "w_resumed" / "training_log.json").read_text())
-    assert [row[0] for row in log["loss_curve"]] == [1, 2, 3] and log["image_size"] == model.TRAIN_SIZE
+    assert [row[0] for row in log["loss_curve"]] == [1, 2, 3] and log["recipe"]["image_size"] == model.TRAIN_SIZE
     assert shipped.unet.config.only_cross_attention
     assert shipped.unet.config.sample_size * shipped.vae_scale_factor == model.TRAIN_SIZE
 
 
 def test_trainer_batches_are_a_function_of_seed_and_step():
-    """A batch depends only on (seed, step): the shuffle is per epoch, the noise per step."""
-    from types import SimpleNamespace
-
+    """A batch depends only on (seed, step), holds each latent with its own caption, and follows two_share."""
     tok = model.tokenizer()
-    ids = tok(["a red circle", "a blue square above a green triangle"] * 8, padding="max_length",
-              max_length=model.MAX_TOKENS, return_tensors="pt").input_ids.to(torch.int32)
+    captions = ["a red circle", "a blue square above a green triangle"] * 8
+    ids = tok(captions, padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids
+    objects = torch.tensor([1, 2] * 8, dtype=torch.int8)
     empty = tok([""], padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids[0]
     latents = torch.randn(16, 4, 16, 16)
-    targs = SimpleNamespace(seed=3, batch=6, lr=1e-4, warmup=1, precision="fp32", compile=False)
 
-    def batch_at(step: int):
-        tr = train.Trainer(targs, model.build_components(0), torch.device("cpu"), latents, ids, empty)
+    def batch_at(step: int, *extra: str):
+        targs = train.parse_args(["--seed", "3", "--batch", "64", "--device", "cpu", *extra])
+        comps = model.build_components(0)
+        tr = train.Trainer(targs, comps, torch.device("cpu"), latents, ids, objects, empty)
         tr.step = step
         return tr.batch()
 
     for a, b in zip(batch_at(5), batch_at(5)):
         assert torch.equal(a, b)
     assert not torch.equal(batch_at(5)[2], batch_at(6)[2])  # fresh noise every step
-    x0, tokens, _, t = batch_at(2)  # step 2 of batch 6 over 16 scenes wraps into the second epoch
-    assert x0.shape == (6, 4, 16, 16) and tokens.shape == (6, model.MAX_TOKENS) and t.shape == (6,)
+    x0, tokens, _, t = batch_at(2)
+    assert x0.shape == (64, 4, 16, 16) and tokens.shape == (64, model.MAX_TOKENS) and t.shape == (64,)
     rows = [int(torch.nonzero((latents == x).all(dim=(1, 2, 3)))[0]) for x in x0]
-    assert all(torch.equal(tokens[i], ids[r].long()) or torch.equal(tokens[i], empty.long())
-               for i, r in enumerate(rows))  # each caption belongs to its latent (or is the dropped prompt)
+    assert all(torch.equal(tokens[i], ids[r]) or torch.equal(tokens[i], empty) for i, r in enumerate(rows))
+    assert 16 < sum(objects[r] == 2 for r in rows) < 48  # the data's own share: half
+    x0 = batch_at(2, "--two-share", "0.9")[0]
+    rows = [int(torch.nonzero((latents == x).all(dim=(1, 2, 3)))[0]) for x in x0]
+    assert sum(objects[r] == 2 for r in rows) > 48
+    _, _, _, t = batch_at(2, "--timesteps", "logit-normal", "--batch", "512")
+    assert 300 < t.float().median() < 700 and (t < 100).float().mean() < 0.05  # the middle of the schedule
+
+
+def test_lr_warms_up_and_decays_to_zero():
+    tr = train.Trainer(train.parse_args(["--device", "cpu", "--lr", "1e-3", "--warmup", "10", "--decay"]),
+                       model.build_components(0), torch.device("cpu"), torch.randn(4, 4, 8, 8),
+                       torch.zeros(4, model.MAX_TOKENS, dtype=torch.long), torch.ones(4), torch.zeros(77))
+    assert tr.lr_at(0.0) == pytest.approx(1e-4)  # step 0 of a 10-step warm-up
+    tr.step = 100
+    assert tr.lr_at(0.0) == pytest.approx(1e-3) and tr.lr_at(0.5) == pytest.approx(5e-4)
+    assert tr.lr_at(1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_v_prediction_recipe_trains_and_ships(tmp_path):
+    """A v-prediction model with a one-layer text encoder: the scheduler it ships predicts v, and it loads."""
+    train.main(["--vae-steps", "1", "--vae-batch", "2", "--n-scenes", "16", "--batch", "4", "--threads", "1",
+                "--device", "cpu", "--log-every", "1", "--steps", "2", "--prediction", "v_prediction",
+                "--text-layers", "1", "--channels", "32,64", "--ckpt", str(tmp_path / "c"),
+                "--weights", str(tmp_path / "w")])
+    pipe = load_pipeline(tmp_path / "w")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.text_encoder.config.num_hidden_layers == 1 and pipe.unet.config.block_out_channels == [32, 64]
+    log = json.loads((tmp_path / "w" / "training_log.json").read_text())
+    assert log["samples_seen"] == 8 and log["cpu_count"] == os.cpu_count() and log["threads"] == 1
+    assert log["recipe"]["prediction"] == "v_prediction" and log["wall_minutes"] >= log["unet_minutes"]
+
+def test_two_processes_train_one_model(tmp_path):
+    """Under torchrun two one-thread processes split each batch and stay in step: the run checks that both
+    hold the same weights at the end, and ships one model that saw the whole batches."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "diffviz.classroom.train", "--vae-steps", "1", "--vae-batch", "2", "--n-scenes", "16",
+           "--batch", "8", "--threads", "1", "--device", "cpu", "--log-every", "1", "--steps", "3",
+           "--channels", "32,64", "--ckpt", str(tmp_path / "c"), "--weights", str(tmp_path / "w")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = json.loads((tmp_path / "w" / "training_log.json").read_text())
+    assert log["processes"] == 2 and log["samples_seen"] == 24 and log["step"] == 3
+    assert load_pipeline(tmp_path / "w").unet.config.block_out_channels == [32, 64]
+
+
+def test_student_model_is_one_call_that_resumes(tmp_path, monkeypatch, capsys):
+    """lesson 10's one call: the student preset trains for its minutes with a progress bar, ships a pipeline
+    that draws, and a second call with the same folder loads the finished run without training again."""
+    monkeypatch.setitem(train.PRESETS["student"], "n_scenes", 64)  # the preset's data, smaller
+    pipe = train.train_student_model(tmp_path, minutes=0.05)
+    out = capsys.readouterr().out
+    assert "unet" in out and "shipped" in out  # the bar and the end of the run
+    log = json.loads((tmp_path / "model" / "training_log.json").read_text())
+    assert log["recipe"]["preset"] == "student" and log["recipe"]["two_share"] == 0.25
+    assert log["unet_minutes"] >= 0.05 and log["step"] > 0
+    image = pipe("a red circle", num_inference_steps=3, output_type="np").images[0]
+    assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    again = train.train_student_model(tmp_path, minutes=0.05)
+    assert "shipped" not in capsys.readouterr().out  # nothing left to train
+    assert json.loads((tmp_path / "model" / "training_log.json").read_text())["step"] == log["step"]
+    assert torch.equal(next(again.unet.parameters()), next(pipe.unet.parameters()))

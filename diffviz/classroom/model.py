@@ -21,7 +21,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 TEXT_DIM = 64
 MAX_TOKENS = 77  # as Stable Diffusion
 
-TRAIN_SIZE = 64  # pixels: the size `python -m diffviz.classroom.train` trains at (v2); latents are 4x smaller
+TRAIN_SIZE = 32  # pixels: the size `python -m diffviz.classroom.train` trains at (v3); latents are 4x smaller
 
 
 def vae_config(image_size: int = TRAIN_SIZE) -> dict:
@@ -33,22 +33,30 @@ def vae_config(image_size: int = TRAIN_SIZE) -> dict:
     )
 
 
-def unet_config(image_size: int = TRAIN_SIZE) -> dict:
+def unet_config(image_size: int = TRAIN_SIZE, channels: tuple[int, ...] | None = None) -> dict:
     """UNet2DConditionModel for ``image_size`` pixels.
 
     64 px (v2): latents 16x16; cross-attention at 16x16 (4 heads) and 8x8 (6 heads), a plain 4x4 level for
-    whole-image context (a relation needs to see both objects). 32 px (v1): cross-attention at 8x8 and 4x4.
+    whole-image context (a relation needs to see both objects). 32 px (v1, v3): cross-attention at 8x8 and
+    4x4.
+    ``channels`` replaces ``block_out_channels`` (one per level, multiples of 16).
     Every attention layer is ``only_cross_attention``: ``attn1`` reads the prompt too, and no pixel attends to
     another pixel, so a word map is not smeared by self-attention. 16 channels per head throughout.
     """
     common = dict(sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
                   norm_num_groups=16, cross_attention_dim=TEXT_DIM, only_cross_attention=True, mid_block_type=None)
     if image_size <= 32:
-        return dict(common, down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
-                    block_out_channels=(64, 128), attention_head_dim=(4, 8))  # diffusers: number of heads
-    return dict(common, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                block_out_channels=(64, 96, 128), attention_head_dim=(4, 6, 8))
+        config = dict(common, down_block_types=("CrossAttnDownBlock2D",) * 2,
+                      up_block_types=("CrossAttnUpBlock2D",) * 2, block_out_channels=(64, 128))
+    else:
+        config = dict(common,
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                      block_out_channels=(64, 96, 128))
+    if channels is not None:
+        config["block_out_channels"] = tuple(channels)
+    # diffusers reads attention_head_dim as the number of heads here: 16 channels a head
+    return dict(config, attention_head_dim=tuple(c // 16 for c in config["block_out_channels"]))
 
 
 SCHEDULER_CONFIG = dict(
@@ -63,15 +71,22 @@ def tokenizer():
     return build_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
 
 
-def build_components(seed: int = 0, image_size: int = TRAIN_SIZE) -> dict:
-    """Fresh, randomly initialised components for ``image_size`` pixels (the same for the same ``seed``)."""
+def build_components(seed: int = 0, image_size: int = TRAIN_SIZE, text_layers: int = 0,
+                     channels: tuple[int, ...] | None = None, prediction: str = "epsilon") -> dict:
+    """Fresh, randomly initialised components for ``image_size`` pixels (the same for the same ``seed``).
+
+    ``text_layers`` causal self-attention layers in the text encoder (0: each token state is its own embedding
+    plus its position's); ``channels`` per UNet level (``unet_config``); ``prediction`` is the scheduler's
+    ``prediction_type`` ("epsilon" or "v_prediction"), the target the UNet is trained on.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     tok = tokenizer()
     text_config = CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM, num_hidden_layers=0,
+        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
+        num_hidden_layers=text_layers,
         num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_DIM,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -79,8 +94,8 @@ def build_components(seed: int = 0, image_size: int = TRAIN_SIZE) -> dict:
         vae=AutoencoderKL(**vae_config(image_size)),
         text_encoder=CLIPTextModel(text_config),
         tokenizer=tok,
-        unet=UNet2DConditionModel(**unet_config(image_size)),
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        unet=UNet2DConditionModel(**unet_config(image_size, channels)),
+        scheduler=DDIMScheduler(**dict(SCHEDULER_CONFIG, prediction_type=prediction)),
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -92,91 +93,152 @@ def train_vae(vae, args, device) -> None:
 
 @torch.no_grad()
 def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
-    """Latents ``[n, 4, s/4, s/4]`` (VAE mean) and token ids ``[n, 77]`` of ``data.scenes(seed, n)``, streamed;
-    ``progress`` shows a bar."""
+    """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]`` and object counts ``[n]`` of
+    ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar."""
     tok = model.tokenizer()
     rng = np.random.default_rng(args.seed)  # the same scenes, in the same order, as data.scenes(args.seed, ...)
-    latents, ids = [], []
+    latents, ids, objects = [], [], []
     for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
                       disable=not progress):
         chunk = [data.random_scene(rng, exclude, args.image_size) for _ in range(min(512, args.n_scenes - start))]
         latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
+        objects.append(torch.tensor([len(s.objects) for s in chunk], dtype=torch.int8))
     latents = torch.cat(latents).contiguous()
     empty = tok([""], padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids
-    return {"latents": latents, "ids": torch.cat(ids), "empty_ids": empty.to(torch.int32),
+    return {"latents": latents, "ids": torch.cat(ids), "objects": torch.cat(objects),
+            "empty_ids": empty.to(torch.int32),
             "scaling_factor": torch.tensor([1.0 / latents.std().item()])}
 
 
 # ---------------------------------------------------------------- stage 2: UNet + text encoder
 class Trainer:
-    """UNet + text-embedding training on precomputed latents, with every batch drawn on ``device``.
+    """UNet + text-encoder training on precomputed latents, with every batch drawn on ``device``.
 
-    ``latents [n, 4, h, w]`` (already scaled), ``ids [n, 77]`` and ``empty_ids [77]`` move to the device once;
-    the shuffle, caption dropout, timesteps and noise are drawn there from a generator reseeded with
-    (seed, step), so a step needs no host work and no host sync (``train_step`` returns the loss as a tensor).
-    The batch at step ``s`` is a pure function of (seed, s) on a given device type. On CUDA: bf16 autocast,
-    TF32 matmuls, fused AdamW and, with ``args.compile``, a ``torch.compile``d UNet.
+    ``latents [n, 4, h, w]`` (already scaled), ``ids [n, 77]``, ``objects [n]`` (1 or 2 per scene) and
+    ``empty_ids [77]`` move to the device once; the scenes (``args.two_share`` of them two-object scenes, or
+    the data's own share when None), caption dropout, timesteps and noise are drawn there from a generator
+    reseeded with (seed, step), so a step needs no host work and no host sync (``train_step`` returns the loss
+    as a tensor) and the batch at step ``s`` is a pure function of (seed, s) on a given device type.
+    The recipe is read from ``args`` (``parse_args``): prediction target, timestep sampling, min-SNR
+    weighting, lr warm-up and cosine decay to zero at the end of the run, EMA, bf16 autocast, channels-last,
+    ``torch.compile``. Under ``torchrun`` (a process group is initialised) each of the W processes draws
+    ``batch / W`` samples of its own and the gradients are averaged, with the run's progress, before every
+    optimiser step, so every process holds the same weights: on a CPU, W one-thread processes use the cores
+    better than one W-thread process.
     """
 
-    def __init__(self, args, comps, device, latents, ids, empty_ids):
+    def __init__(self, args, comps, device, latents, ids, objects, empty_ids):
         self.args, self.comps, self.device = args, comps, device
         self.unet, self.text = comps["unet"].to(device), comps["text_encoder"].to(device)
+        if args.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         self.params = list(self.unet.parameters()) + list(self.text.parameters())
         cuda = device.type == "cuda"
         self.opt = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=0.01, fused=cuda or None)
         self.ema = [p.detach().clone() for p in self.params]
-        self.step, self.elapsed, self.log = 0, 0.0, []
+        self.step, self.elapsed, self.wall, self.log = 0, 0.0, 0.0, []  # seconds: UNet training, whole run
+        self.time_done = 0.0  # share of the run's time budget spent, the same in every process
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if args.batch % self.world:
+            raise ValueError(f"--batch {args.batch} does not split over {self.world} processes; "
+                             f"use a multiple of {self.world}")
+        self.local_batch = args.batch // self.world
         self.alphas_cumprod = comps["scheduler"].alphas_cumprod.to(device)
+        self.prediction = comps["scheduler"].config.prediction_type
         self.latents = latents.to(device)  # [n, 4, h, w]
         self.ids = ids.to(device, torch.long)  # [n, 77]
         self.empty_ids = empty_ids.to(device, torch.long)  # [77]
+        two = objects.to(device) == 2  # [n]
+        share = float(two.float().mean()) if args.two_share is None else args.two_share
+        n_two, n_one = max(int(two.sum()), 1), max(int((~two).sum()), 1)
+        self.weights = torch.where(two, share / n_two, (1 - share) / n_one)  # [n] sampling weight of a scene
         self.gen = torch.Generator(device)
-        self._perm_epoch, self._perm = -1, None
-        self.bf16 = cuda and args.precision == "bf16"
+        self.bf16 = args.precision == "bf16"
         self.denoise = torch.compile(self.unet) if args.compile else self.unet
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            self.gen.manual_seed(self.args.seed * 7919 + epoch)
-            self._perm = torch.randperm(len(self.latents), generator=self.gen, device=self.device)
-            self._perm_epoch = epoch
-        return self._perm
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x0 [B, 4, h, w], tokens [B, 77], noise [B, 4, h, w], t [B])`` for the current step, on the device."""
-        a, n = self.args, len(self.latents)
-        epoch, offset = divmod(self.step * a.batch, n)
-        idx = self._permutation(epoch)[(offset + torch.arange(a.batch, device=self.device)) % n]
-        self.gen.manual_seed(a.seed * 1_000_003 + self.step)
-        drop = torch.rand(a.batch, generator=self.gen, device=self.device) < CAPTION_DROPOUT
+        a, b = self.args, self.local_batch
+        self.gen.manual_seed((a.seed * 1_000_003 + self.step) * self.world + self.rank)
+        idx = torch.multinomial(self.weights, b, replacement=True, generator=self.gen)
+        drop = torch.rand(b, generator=self.gen, device=self.device) < CAPTION_DROPOUT
         tokens = torch.where(drop[:, None], self.empty_ids[None], self.ids[idx])
         x0 = self.latents[idx]
         noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
-        t = torch.randint(0, len(self.alphas_cumprod), (a.batch,), generator=self.gen, device=self.device)
+        n_t = len(self.alphas_cumprod)
+        if a.timesteps == "logit-normal":  # most steps in the middle of the schedule, as SD3 trains
+            u = torch.randn(b, generator=self.gen, device=self.device)
+            t = (torch.sigmoid(u) * n_t).long().clamp(max=n_t - 1)
+        else:
+            t = torch.randint(0, n_t, (b,), generator=self.gen, device=self.device)
         return x0, tokens, noise, t
 
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after linear warm-up, cosine-decayed to zero as ``progress`` (0-1) reaches 1."""
+        a = self.args
+        warm = min(1.0, (self.step + 1) / a.warmup)
+        decay = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) if a.decay else 1.0
+        return a.lr * warm * decay
+
+    def _all_reduce(self, loss: torch.Tensor, time_done: float) -> torch.Tensor:
+        """Average the gradients, the loss and the time spent over the processes (one message)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        extra = [loss.detach().view(1), loss.new_tensor([time_done])]
+        flat = torch.cat([g.reshape(-1) for g in grads] + extra)
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+        self.time_done = float(flat[-1])
+        return flat[-2]
+
+    def in_sync(self) -> bool:
+        """Whether every process holds the first process's weights (always true in one process)."""
+        if self.world == 1:
+            return True
+        mine = torch.cat([p.detach().reshape(-1) for p in self.params])
+        first = mine.clone()
+        dist.broadcast(first, 0)
+        differs = torch.tensor([float(not torch.equal(mine, first))])
+        dist.all_reduce(differs)
+        return not differs.item()
+
     # -- one step
-    def train_step(self) -> torch.Tensor:
-        """One optimiser step; returns the min-SNR-weighted loss as a 0-d tensor (no host sync)."""
+    def train_step(self, time_done: float = 0.0) -> torch.Tensor:
+        """One optimiser step, ``time_done`` (0-1) of the time budget spent; returns the weighted loss as a
+        0-d tensor (no host sync in one process)."""
         a = self.args
         x0, tokens, noise, t = self.batch()
         ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+        if a.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             states = self.text(tokens)[0]
             pred = self.denoise(xt, t, states, return_dict=False)[0]
         snr = ac.view(-1) / (1 - ac.view(-1))
-        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-        loss = (weight * (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        if self.prediction == "v_prediction":
+            target = ac.sqrt() * noise - (1 - ac).sqrt() * x0
+            weight = torch.clamp(snr, max=a.min_snr) / (snr + 1)
+        else:
+            target = noise
+            weight = torch.clamp(snr, max=a.min_snr) / snr
+        loss = (weight * (pred.float() - target).pow(2).mean(dim=(1, 2, 3))).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:
+            loss = self._all_reduce(loss, time_done)
+        else:
+            self.time_done = time_done
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         for group in self.opt.param_groups:
-            group["lr"] = a.lr * min(1.0, (self.step + 1) / a.warmup)
+            group["lr"] = self.lr_at(max(self.step / a.steps, self.time_done))
         self.opt.step()
-        decay = min(EMA_DECAY, (1 + self.step) / (10 + self.step))
+        decay = min(a.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
         self.step += 1
@@ -189,7 +251,8 @@ class Trainer:
         save_file({f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.params)}, str(tmp / "params.safetensors"))
         save_file({f"p{i}": p.cpu().contiguous() for i, p in enumerate(self.ema)}, str(tmp / "ema.safetensors"))
         save_optimizer(self.opt, tmp / "optimizer")
-        (tmp / "progress.json").write_text(json.dumps({"step": self.step, "elapsed": self.elapsed, "log": self.log}))
+        progress = {"step": self.step, "elapsed": self.elapsed, "wall": self.wall, "log": self.log}
+        (tmp / "progress.json").write_text(json.dumps(progress))
         if (ckpt / "state").exists():
             shutil.rmtree(ckpt / "state")
         os.replace(tmp, ckpt / "state")
@@ -205,7 +268,7 @@ class Trainer:
                 self.ema[i].copy_(ema[f"p{i}"])
         load_optimizer(self.opt, d / "optimizer")
         prog = json.loads((d / "progress.json").read_text())
-        self.step, self.elapsed, self.log = prog["step"], prog["elapsed"], prog["log"]
+        self.step, self.elapsed, self.wall, self.log = (prog[k] for k in ("step", "elapsed", "wall", "log"))
         return True
 
     def ema_pipeline(self):
@@ -233,62 +296,130 @@ class Trainer:
         (weights / "training_log.json").write_text(json.dumps(self.summary(), indent=1))
 
     def summary(self) -> dict:
+        """The recipe (every option of the run) and the facts of the run, for ``training_log.json``."""
         a = self.args
+        recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
+                  if k not in ("ckpt", "weights", "device", "threads")}
         return {
-            "step": self.step, "batch": a.batch, "lr": a.lr, "seed": a.seed, "n_scenes": a.n_scenes,
-            "vae_steps": a.vae_steps, "vae_batch": a.vae_batch, "caption_dropout": CAPTION_DROPOUT,
-            "ema_decay": EMA_DECAY, "min_snr_gamma": MIN_SNR_GAMMA, "unet_train_seconds": round(self.elapsed, 1),
-            "image_size": a.image_size, "precision": "bf16" if self.bf16 else "fp32", "compiled": bool(a.compile),
+            "recipe": dict(recipe, caption_dropout=CAPTION_DROPOUT, prediction=self.prediction),
+            "device": self.device.type, "threads": torch.get_num_threads(), "processes": self.world,
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "wall_minutes": round(self.wall / 60, 1), "unet_minutes": round(self.elapsed / 60, 1),
+            "step": self.step, "batch": a.batch, "samples_seen": self.step * a.batch,
             "samples_per_second": round(self.step * a.batch / max(self.elapsed, 1e-9), 1),
-            "hardware": f"{self.device.type}, {torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
             "loss_curve": self.log,
         }
+
+
+PRESETS = {
+    # the v1 recipe (shipped until v3): epsilon, uniform timesteps, constant lr after warm-up
+    "v1": dict(image_size=32, batch=64, lr=5e-4, warmup=500, decay=False, ema=0.999, prediction="epsilon",
+               timesteps="uniform", text_layers=0, channels=None, two_share=None),
+    # v3, the recipe search's winner (benchmarks/classroom_recipes.md), for 140 minutes of UNet time under
+    # `torchrun --nproc_per_node 2` on a 2-core CPU: the shipped VAE as it is, lr 1e-3 decayed to zero, EMA 0.995
+    "v3": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=150_000, batch=64, lr=1e-3,
+               warmup=300, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform", text_layers=0,
+               channels=None, two_share=None, threads=1, max_minutes=140.0, ship_every=20.0, save_every=5.0),
+    # a student's own run (lesson 10): v3's schedule on 16,000 scenes, mostly single objects, for 7 minutes of
+    # UNet training on a laptop's CPU
+    "student": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=16_000, batch=64,
+                    lr=1e-3, warmup=200, decay=True, ema=0.99, prediction="epsilon", timesteps="uniform",
+                    text_layers=0, channels=None, two_share=0.25, max_minutes=7.0, ship_every=1000.0,
+                    save_every=1000.0, log_every=20),
+}
+
+
+def train_student_model(folder: str | os.PathLike, minutes: float = 7.0, seed: int = 0):
+    """Train a classroom model of your own on this computer's CPU and return it as a pipeline.
+
+    The "student" preset: the shipped model's VAE, 16,000 new scenes (about a minute to encode), then
+    ``minutes`` of UNet training with a progress bar (7 minutes, about 9 in all on two cores, draws single
+    objects the judge passes most of the time; two objects need the shipped model's hours). ``folder`` keeps
+    the checkpoint: calling again with the same folder resumes, and a finished run loads at once.
+    """
+    folder = Path(folder)
+    main(["--preset", "student", "--device", "cpu", "--max-minutes", str(minutes), "--seed", str(seed),
+          "--ckpt", str(folder / "ckpt"), "--weights", str(folder / "model")])
+    return model.load_pipeline(folder / "model")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m diffviz.classroom.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named recipe; options given on the command line override it")
     p.add_argument("--ckpt", type=Path, default=Path("classroom_ckpt"), help="resumable state (git-ignored)")
     p.add_argument("--weights", type=Path, default=model.WEIGHTS, help="where the shipped model is written")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=model.TRAIN_SIZE, help="image side in pixels (64 or 32)")
+    p.add_argument("--image-size", type=int, default=model.TRAIN_SIZE, help="image side in pixels (32 or 64)")
     p.add_argument("--init-vae", type=Path, default=None,
                    help="start the VAE stage from this AutoencoderKL folder (e.g. a shipped model's vae/)")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=1500, help="0 with --init-vae: reuse that VAE as it is")
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--n-scenes", type=int, default=100_000)
+    p.add_argument("--two-share", type=float, default=None,
+                   help="share of two-object scenes in a batch (default: the data's, 0.6)")
+    p.add_argument("--text-layers", type=int, default=0,
+                   help="causal self-attention layers in the text encoder")
+    p.add_argument("--channels", type=lambda v: tuple(int(c) for c in v.split(",")), default=None,
+                   help="UNet channels per level, e.g. 64,128 (default: model.unet_config)")
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    p.add_argument("--timesteps", choices=("uniform", "logit-normal"), default="uniform",
+                   help="how training timesteps are drawn")
+    p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="min-SNR loss weighting's gamma")
+    p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay (warmed up as (1+s)/(10+s))")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--decay", action=argparse.BooleanOptionalAction, default=False,
+                   help="cosine-decay the lr to zero at --steps or --max-minutes, whichever comes first")
     p.add_argument("--steps", type=int, default=1_000_000, help="UNet steps in total (across resumes)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and ship) after this much wall time")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="UNet training minutes in total (across resumes): stop and ship then")
     p.add_argument("--ship-every", type=float, default=12.0, help="minutes between shipped models/snapshots")
     p.add_argument("--save-every", type=float, default=4.0, help="minutes between resumable checkpoints")
     p.add_argument("--log-every", type=int, default=50, help="steps per logged mean loss (one host sync each)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast on CUDA (CPU: fp32)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="bf16 autocast (default: on CUDA; on a CPU only when asked)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the UNet (default: on CUDA only)")
     args = p.parse_args(argv)
+    if args.preset:
+        p.set_defaults(**PRESETS[args.preset])
+        args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
     if args.compile is None:
-        args.compile = args.device.startswith("cuda")
+        args.compile = cuda
+    if args.precision is None:
+        args.precision = "bf16" if cuda else "fp32"
     return args
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Path:
+    """Train (or resume) as ``argv`` says; returns the folder the model is shipped to."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    follower = dist.is_initialized() and dist.get_rank() > 0
+    if follower:  # the first process trains the VAE and encodes the latents; the others then read them
+        dist.barrier()
     start = time.time()
     ckpt = args.ckpt
     ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    if not follower:
+        (ckpt / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    comps = model.build_components(args.seed, args.image_size)
+    comps = model.build_components(args.seed, args.image_size, args.text_layers, args.channels,
+                                   args.prediction)
 
     from diffusers import AutoencoderKL
 
@@ -311,49 +442,69 @@ def main(argv=None) -> None:
     else:
         pre = precompute(vae, args, device, data.benchmark_exclusions())
         save_file(pre, str(cache))
+    if dist.is_initialized() and not follower:
+        dist.barrier()
+    if args.threads:  # after the VAE and latents stages, which one process runs on every core
+        torch.set_num_threads(args.threads)
     vae.register_to_config(scaling_factor=float(pre["scaling_factor"]))
 
-    trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["empty_ids"][0])
+    trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["objects"],
+                      pre["empty_ids"][0])
+    budget = 60 * args.max_minutes if args.max_minutes is not None else math.inf
     if trainer.load(ckpt):
         print(f"unet: resumed at step {trainer.step}", flush=True)
-    bar = tqdm(total=args.steps, initial=trainer.step, desc="unet", mininterval=5, file=sys.stdout)
+    trainer.time_done = trainer.elapsed / budget
+    trainer.wall += time.time() - start  # the VAE and latents stages of this process
+    lead = trainer.rank == 0  # the process that logs, saves and ships
+    timed = budget < math.inf
+    bar = tqdm(total=round(budget) if timed else args.steps,
+               initial=round(trainer.elapsed) if timed else trainer.step, unit="s" if timed else "step",
+               desc="unet", mininterval=5, file=sys.stdout, disable=not lead)
     last_save = last_ship = time.time()
     window: list[torch.Tensor] = []
     tick = time.time()
-    if args.compile and trainer.step < args.steps:  # the first step compiles; a failure must not end a GPU run
+
+    def step() -> None:
+        window.append(trainer.train_step((trainer.elapsed + time.time() - tick) / budget))
+        if timed:  # the bar counts UNet seconds in a timed run, steps otherwise
+            bar.n = min(bar.total, round(trainer.elapsed + time.time() - tick))
+        bar.update(0 if timed else 1)
+
+    if args.compile and trainer.step < args.steps and trainer.time_done < 1:  # the first step compiles
         try:
-            window.append(trainer.train_step())
-            bar.update(1)
+            step()
         except Exception as err:  # noqa: BLE001  (inductor and triton raise many kinds)
             print(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly", flush=True)
             trainer.denoise = trainer.unet
-    while trainer.step < args.steps:
-        window.append(trainer.train_step())
-        bar.update(1)
+    # every process sees the same step and time_done, so all stop together; a finished run resumes to nothing
+    while trainer.step < args.steps and trainer.time_done < 1:
+        step()
+        now = time.time()
         if len(window) == args.log_every:
             loss = torch.stack(window).mean().item()  # the only host sync of the loop
             window = []
-            now = time.time()
             trainer.elapsed += now - tick
+            trainer.wall += now - tick
             tick = now
             trainer.log.append([trainer.step, round(loss, 5), round(trainer.elapsed, 1)])
             bar.set_postfix(loss=f"{loss:.4f}")
-        now = time.time()
-        out_of_time = args.max_minutes is not None and now - start > 60 * args.max_minutes
-        if now - last_ship > 60 * args.ship_every or out_of_time or trainer.step == args.steps:
-            trainer.elapsed += time.time() - tick
-            trainer.save(ckpt)
-            trainer.ship(args.weights, ckpt)
-            last_save = last_ship = tick = time.time()
-            print(f"\nshipped step {trainer.step} to {args.weights}", flush=True)
-        elif now - last_save > 60 * args.save_every:
-            trainer.elapsed += time.time() - tick
-            trainer.save(ckpt)
+        last = trainer.time_done >= 1 or trainer.step == args.steps
+        if now - last_ship > 60 * args.ship_every or last or now - last_save > 60 * args.save_every:
+            trainer.elapsed += now - tick
+            trainer.wall += now - tick
+            if lead:
+                trainer.save(ckpt)
+            if lead and (now - last_ship > 60 * args.ship_every or last):
+                trainer.ship(args.weights, ckpt)
+                last_ship = time.time()
+                print(f"\nshipped step {trainer.step} to {args.weights}", flush=True)
             last_save = tick = time.time()
-        if out_of_time:
-            break
     bar.close()
-    print(f"done at step {trainer.step}; {trainer.elapsed / 60:.1f} min of UNet training", flush=True)
+    if not trainer.in_sync():
+        raise RuntimeError("the training processes hold different weights; report this as a bug")
+    if lead:
+        print(f"done at step {trainer.step}; {trainer.elapsed / 60:.1f} min of UNet training", flush=True)
+    return args.weights
 
 
 if __name__ == "__main__":

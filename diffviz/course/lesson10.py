@@ -182,7 +182,7 @@ def tiny_trainer(pipe, *, n_scenes: int = 1024, batch: int = 16, lr: float = 2e-
     config.update(block_out_channels=channels, attention_head_dim=tuple(c // 16 for c in channels))  # 16 a head
     comps.update(unet=UNet2DConditionModel(**config), vae=pipe.vae)
     return train.Trainer(args, comps, torch.device("cpu"), latents["latents"] * pipe.vae.config.scaling_factor,
-                         latents["ids"], latents["empty_ids"][0])
+                         latents["ids"], latents["objects"], latents["empty_ids"][0])
 
 
 def trained_pipeline(trainer):

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Train the classroom model v3 on this machine's CPU, score it, and ship it if it beats the shipped model on
+# every metric: one command, resumable (run it again after an interruption; it goes on from the last
+# checkpoint).
+#
+#   bash scripts/train_classroom_cpu.sh            # 140 min of UNet training on 2 cores, ~150 min in all
+#
+# Run it alone: no test suite or notebook beside it (they would take most of its samples). Two one-thread
+# processes under torchrun (`benchmarks/classroom_train_speed.py`: 1.9x one process on this 2-core CPU).
+# RUN (default runs/classroom_v3, git-ignored) keeps the checkpoint, the snapshots, log.txt and the scores.
+# MINUTES overrides the preset's UNet minutes; TINY=1 runs every stage at toy size (a typo check, ~2 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/classroom_v3}
+mkdir -p "$RUN"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
+if [ "${TINY:-0}" = 1 ]; then
+    TRAIN="--n-scenes 64 --channels 32,64 --ship-every 0.02 --max-minutes ${MINUTES:-0.05}"
+    SCORE="--seeds 1 --loc-prompts 1 --steps 2"
+    SNAPSHOT="--seeds 1 --loc-prompts 1 --steps 2"
+else
+    TRAIN="${MINUTES:+--max-minutes $MINUTES}"
+    SCORE="--seeds 2 --loc-prompts 30"
+    SNAPSHOT="--seeds 1 --loc-prompts 10"
+fi
+
+python -m torch.distributed.run --standalone --nproc_per_node 2 -m diffviz.classroom.train --preset v3 \
+    $TRAIN --ckpt "$RUN/ckpt" --weights "$RUN/model" 2>&1 | tee -a "$RUN/log.txt"
+
+for snap in "$RUN"/ckpt/snapshots/step_*; do  # the learning curve: each snapshot on the held-out prompts
+    [ -f "$snap/quality.json" ] || python benchmarks/classroom_quality.py --weights "$snap" --threads 2 \
+        $SNAPSHOT --json "$snap/quality.json" >/dev/null
+done
+python benchmarks/classroom_quality.py --weights "$RUN/model" --threads 2 $SCORE --json "$RUN/quality.json"
+python benchmarks/classroom_quality.py --threads 2 $SCORE --json "$RUN/quality_shipped.json"
+DRY=""; [ "${TINY:-0}" = 1 ] && DRY="--dry-run"
+python scripts/ship_classroom_model.py "$RUN" $DRY
