@@ -13,7 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/classroom_v3}
 mkdir -p "$RUN"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
+# A run that a session had to stop is committed under checkpoints/ (the optimiser state and the snapshots'
+# scores, not the latents, which are re-encoded in a few minutes): a fresh RUN goes on from there.
+FROM=${FROM:-checkpoints/classroom_v3}
+if [ ! -d "$RUN/ckpt/state" ] && [ -d "$FROM/state" ] && [ "${TINY:-0}" != 1 ]; then
+    mkdir -p "$RUN/ckpt" && cp -r "$FROM"/. "$RUN/ckpt/" && echo "resuming the committed run in $FROM"
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ "${TINY:-0}" = 1 ]; then
     TRAIN="--n-scenes 64 --channels 32,64 --ship-every 0.02 --max-minutes ${MINUTES:-0.05}"
     SCORE="--seeds 1 --loc-prompts 1 --steps 2"

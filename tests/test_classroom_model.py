@@ -179,7 +179,7 @@ def test_student_model_is_one_call_that_resumes(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "unet" in out and "shipped" in out  # the bar and the end of the run
     log = json.loads((tmp_path / "model" / "training_log.json").read_text())
-    assert log["recipe"]["preset"] == "student" and log["recipe"]["two_share"] == 0.25
+    assert log["recipe"]["preset"] == "student" and log["recipe"]["two_share"] == 0.0
     assert log["unet_minutes"] >= 0.05 and log["step"] > 0
     image = pipe("a red circle", num_inference_steps=3, output_type="np").images[0]
     assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
