@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffviz import batch  # noqa: E402
-from diffviz.classroom import held_out_prompts, load_pipeline  # noqa: E402
+from diffviz import batch
+from diffviz.classroom import held_out_prompts, load_pipeline
 
 
 def main(argv=None) -> None:

@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--kind", default="sd", choices=["sd", "sdxl"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared CPU)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: steadiest on a shared CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = tiny_pipeline(args.kind, "ddim")
@@ -55,7 +56,8 @@ def main() -> None:
             cpu[mode].append(time.process_time() - c0)
             images[mode] = np.asarray(image)
     base, cpu_base = statistics.median(times["untraced"]), statistics.median(cpu["untraced"])
-    print(f"tiny {args.kind} pipeline, 64x64, {args.steps} DDIM steps, CFG, {torch.get_num_threads()} CPU threads, "
+    print(f"tiny {args.kind} pipeline, 64x64, {args.steps} DDIM steps, CFG, "
+          f"{torch.get_num_threads()} CPU threads, "
           f"median of {args.reps}")
     for mode in modes:
         med, cpu_med = statistics.median(times[mode]), statistics.median(cpu[mode])

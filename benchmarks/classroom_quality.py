@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffviz.classroom import data  # noqa: E402
-from diffviz.classroom import judge as judge_mod  # noqa: E402  (the module)
-from diffviz.classroom.model import load_pipeline  # noqa: E402
+from diffviz.classroom import data
+from diffviz.classroom import judge as judge_mod
+from diffviz.classroom.model import load_pipeline
 
 THRESHOLD = 0.4
 
@@ -53,7 +53,8 @@ def faithfulness(results) -> dict:
         "correct": sum(v["correct"] for v in verdicts) / n,
         "objects_ok": sum(v["objects_ok"] for v in verdicts) / n,
         "count_ok": sum(v["count_ok"] for v in verdicts) / n,
-        "relation_ok": (sum(bool(v["relation_ok"]) for v in verdicts) / n) if verdicts[0]["relation_ok"] is not None else None,
+        "relation_ok": ((sum(bool(v["relation_ok"]) for v in verdicts) / n)
+                        if verdicts[0]["relation_ok"] is not None else None),
         "size_ok": sum(v["size_ok"] for v in verdicts) / n,
     }, verdicts
 
@@ -97,8 +98,9 @@ def localisation(pipe, prompts: list[str], seeds: list[int], steps: int, guidanc
                 for layer in tr.layers:
                     for head in range(tr.attn[layer.name].shape[1]):
                         h = tr.word_heatmap(wi, layers=layer.name, heads=head).numpy()
-                        per_head.setdefault((layer.name, head), []).append(iou(h >= THRESHOLD * h.max(), found.mask))
-    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+                        per_head.setdefault((layer.name, head), []).append(
+                            iou(h >= THRESHOLD * h.max(), found.mask))
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
     return {"miou": mean(all_ious), "miou_correct_images": mean(correct_ious),
             "ious_correct_images": correct_ious, "n_words": len(all_ious),
             "words_without_object": missing, "miou_colour": mean(per_kind["colour"]),
@@ -159,8 +161,10 @@ def main(argv=None) -> dict:
           f"relation {two['relation_ok']:.1%}; n={two['n']})  [bar 80%]")
     print(f"attention mIoU:         {loc['miou_correct_images']:.3f} on correctly drawn images  [bar 0.6]  "
           f"(all images with the object found {loc['miou']:.3f}: colour {loc['miou_colour']:.3f}, shape "
-          f"{loc['miou_shape']:.3f}; {loc['n_words']} words, {loc['words_without_object']} without a drawn object)")
-    print(f"  diagnostics: by resolution {json.dumps({k: round(v, 3) for k, v in loc['miou_by_resolution'].items()})}; "
+          f"{loc['miou_shape']:.3f}; {loc['n_words']} words, "
+          f"{loc['words_without_object']} without a drawn object)")
+    print(f"  diagnostics: by resolution "
+          f"{json.dumps({k: round(v, 3) for k, v in loc['miou_by_resolution'].items()})}; "
           f"best single head {loc['best_single_head']}")
     print(f"diversity:              centre std {div['centre_std_px']:.2f} px over seeds "
           f"(training data {div['training_data_centre_std_px']:.2f}), share large {div['share_large']:.2f}, "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import classroom_quality as quality  # noqa: E402
+import classroom_quality as quality
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ["--image-size", "32", "--init-vae", str(ROOT / "diffviz/classroom/weights/vae"), "--vae-steps", "0",
@@ -74,11 +74,11 @@ def start_arm(name: str, out: Path, cache: Path, minutes: float) -> subprocess.P
     for part in ("latents.safetensors", "vae"):
         if not (ckpt / part).exists():
             (ckpt / part).symlink_to((cache / part).resolve())
-    log = open(ckpt / "log.txt", "a")
     cmd = [sys.executable, "-m", "diffviz.classroom.train", *SHARED, *ARMS[name][1],
            "--max-minutes", str(minutes), "--ckpt", str(ckpt), "--weights", str(ckpt / "weights")]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    with open(ckpt / "log.txt", "a") as log:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def score(name: str, out: Path) -> dict:
@@ -109,9 +109,9 @@ def score(name: str, out: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    fmt = lambda v: "n/a" if math.isnan(v[0]) else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"  # noqa: E731
-    lines = ["| arm | change | samples/s | samples seen | single | two-object | relation "
-             "| IoU (correct images) |",
+    fmt = lambda v: "n/a" if math.isnan(v[0]) else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
+    lines = [("| arm | change | samples/s | samples seen | single | two-object | relation "
+              "| IoU (correct images) |"),
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['change']} | {r['samples_per_second']:.0f} | {r['samples_seen']:,} "

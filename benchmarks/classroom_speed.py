@@ -38,8 +38,8 @@ def main(argv=None) -> None:
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(args.threads))
-    cold = [float(subprocess.run([sys.executable, "-c", COLD.format(weights=args.weights)], env=env, check=True,
-                                 capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    cold = [float(subprocess.run([sys.executable, "-c", COLD.format(weights=args.weights)], env=env,
+                                 check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
             for _ in range(3)]
 
     import torch
@@ -60,11 +60,13 @@ def main(argv=None) -> None:
         image = pipe(prompt, num_inference_steps=25, guidance_scale=7.5,
                      generator=torch.Generator().manual_seed(i)).images[0]
         times.append(time.perf_counter() - t)
-    print(f"torch threads: {args.threads}; CPU: {os.cpu_count()} cores visible; load average {os.getloadavg()[0]:.1f}")
+    print(f"torch threads: {args.threads}; CPU: {os.cpu_count()} cores visible; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"load_pipeline cold (new process, with imports): median {statistics.median(cold):.2f} s "
           f"(runs: {', '.join(f'{c:.2f}' for c in cold)})  [bar < 3 s]")
     print(f"load_pipeline warm: {warm:.2f} s")
-    print(f"{image.size[0]}x{image.size[1]} image, 25 steps, guidance 7.5: median {statistics.median(times):.2f} s "
+    print(f"{image.size[0]}x{image.size[1]} image, 25 steps, guidance 7.5: "
+          f"median {statistics.median(times):.2f} s "
           f"(min {min(times):.2f}, max {max(times):.2f})  [bar < 2 s]")
 
 

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classroom_quality import faithfulness, generate  # noqa: E402
-from classroom_recipes import wilson  # noqa: E402
+from classroom_quality import faithfulness, generate
+from classroom_recipes import wilson
 
-from diffviz.classroom import data, train  # noqa: E402
+from diffviz.classroom import data, train
 
 
 def main(argv=None) -> dict:

@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffviz.classroom import data, model  # noqa: E402
-from diffviz.classroom.train import CAPTION_DROPOUT, Trainer, parse_args  # noqa: E402
+from diffviz.classroom import data, model
+from diffviz.classroom.train import CAPTION_DROPOUT, Trainer, parse_args
 
 
 def synthetic_data(n: int, image_size: int) -> tuple[torch.Tensor, ...]:
@@ -62,7 +62,8 @@ def make_trainer(image_size: int, batch: int, extra: tuple[str, ...] = (), devic
 
 
 def v1_step(tr: Trainer) -> float:
-    """One step as v1 trained: host batches, CPU randomness, fp32, epsilon, min-SNR 5, a sync per step."""
+    """One step as v1 trained: batches drawn on the host with CPU randomness, and a sync per step (the loss
+    read back); the model maths is the Trainer's (v1's preset: fp32, epsilon, min-SNR 5)."""
     a, n = tr.args, len(tr.latents)
     g = torch.Generator().manual_seed(a.seed * 1_000_003 + tr.step)
     epoch, offset = divmod(tr.step * a.batch, n)
@@ -73,19 +74,7 @@ def v1_step(tr: Trainer) -> float:
     tokens[(torch.rand(a.batch, generator=g) < CAPTION_DROPOUT).to(tr.device)] = tr.empty_ids
     noise = torch.randn(x0.shape, generator=g).to(tr.device)
     t = torch.randint(0, len(tr.alphas_cumprod), (a.batch,), generator=g).to(tr.device)
-    ac = tr.alphas_cumprod[t].view(-1, 1, 1, 1)
-    pred = tr.unet(ac.sqrt() * x0 + (1 - ac).sqrt() * noise, t, tr.text(tokens)[0]).sample
-    snr = ac.view(-1) / (1 - ac.view(-1))
-    loss = (torch.clamp(snr, max=5.0) / snr * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-    tr.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(tr.params, 1.0)
-    tr.opt.step()
-    with torch.no_grad():
-        decay = min(0.999, (1 + tr.step) / (10 + tr.step))
-        torch._foreach_lerp_(tr.ema, [p.detach() for p in tr.params], 1 - decay)
-    tr.step += 1
-    return loss.item()
+    return tr.update(tr.loss(x0, tokens, noise, t)).item()
 
 
 def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:

@@ -25,7 +25,7 @@ import torch
 
 import diffviz
 from diffviz.testing import tiny_pipeline
-from diffviz.trace import Layer, Token, Trace
+from diffviz.traces import Layer, Token, Trace
 from diffviz.viz import explore, report
 
 BUDGET_MS = 100
@@ -42,7 +42,7 @@ def make_trace(steps: int):
 
 def sd15_shaped(steps: int = 50) -> Trace:
     """Random data in the shapes a default capture of SD 1.5 at 512x512 holds (no model involved)."""
-    words = "a photo of an astronaut riding a horse on the moon".split()
+    words = ["a", "photo", "of", "an", "astronaut", "riding", "a", "horse", "on", "the", "moon"]
     blocks = [("down_blocks.0", 64, 2), ("down_blocks.1", 32, 2), ("down_blocks.2", 16, 2),
               ("mid_block", 8, 1), ("up_blocks.1", 16, 3), ("up_blocks.2", 32, 3), ("up_blocks.3", 64, 3)]
     layers = [Layer(f"{b}.attentions.{i}.transformer_blocks.0.attn2", (s, s), 8)

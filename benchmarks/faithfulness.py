@@ -34,7 +34,8 @@ Measured 2026-11-26 on a shared 2-core CPU (1 torch thread, 170 s), the shipped 
 regions); Spearman attention vs IG per region +0.34 (median +0.35); ranking words by suppression
 effect: attention +0.74, IG +0.39; box steering 50.0% vs 12.5% unsteered (single, n=24), 30.0% vs
 12.5% (first of two, n=40).
-Earlier, at training step 3716 (~230 s) (defaults: 20 prompts x 2 seeds, 20 DDIM steps, guidance 7.5; 78 regions):
+Earlier, at training step 3716 (~230 s) (defaults: 20 prompts x 2 seeds, 20 DDIM steps, guidance 7.5;
+78 regions):
 suppression 81.8% of 512 pairs (top word is the most-changing word in 38.5% of regions); Spearman
 attention vs IG per region +0.29 (median +0.30); ranking words by suppression effect: attention +0.73,
 IG +0.33; box steering 37.5% vs 8.3% unsteered (single, n=24), 35.0% vs 7.5% (first of two, n=40).
@@ -84,7 +85,8 @@ def regions_of(prompt: str, image) -> list:
     wanted = data.parse_caption(prompt)[0]
     out = []
     for w, m in zip(wanted, verdict["matched"]):
-        m = m or next((f for f in verdict["found"] if f.colour == w["colour"] and all(f is not o for o in out)), None)
+        m = m or next((f for f in verdict["found"]
+                       if f.colour == w["colour"] and all(f is not o for o in out)), None)
         if m is not None and all(m is not o for o in out):
             out.append(m)
     return out
@@ -94,7 +96,8 @@ def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps:
                               attr_step: int, ig_steps: int) -> dict:
     pairs_won = pairs = top_is_max = regions = missing = 0
     rho_att_attr, rho_att_sup, rho_attr_sup, rho_att_pad, rho_attr_pad, rho_sup_pad = [], [], [], [], [], []
-    by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)  # kind -> (attention share, attribution share)
+    # kind -> (attention share, attribution share)
+    by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
     top_kinds: dict[str, int] = defaultdict(int)
     for prompt in prompts:
         for seed in seeds:
@@ -141,15 +144,19 @@ def suppression_and_agreement(pipe, prompts: list[str], seeds: list[int], steps:
         "top_word_beats_other_word": pairs_won / max(pairs, 1), "pairs": pairs,
         "top_word_changes_most": top_is_max / max(regions, 1), "top_word_kinds": dict(top_kinds),
         "spearman_attention_vs_attribution_mean": mean(rho_att_attr),
-        "spearman_attention_vs_attribution_median": float(np.nanmedian(rho_att_attr)) if rho_att_attr else float("nan"),
+        "spearman_attention_vs_attribution_median": (float(np.nanmedian(rho_att_attr)) if rho_att_attr
+                                                     else float("nan")),
         "spearman_attention_vs_suppression_mean": mean(rho_att_sup),
         "spearman_attribution_vs_suppression_mean": mean(rho_attr_sup),
         "spearman_attention_vs_padding_mean": mean(rho_att_pad),
         "spearman_attribution_vs_padding_mean": mean(rho_attr_pad),
         "spearman_suppression_vs_padding_mean": mean(rho_sup_pad),
-        "attention_beats_attribution_suppression": mean([float(a > b) for a, b in zip(rho_att_sup, rho_attr_sup)]),
-        "attention_beats_attribution_padding": mean([float(a > b) for a, b in zip(rho_att_pad, rho_attr_pad)]),
-        "spearman_per_word_kind": {k: spearman(torch.tensor([a for a, _ in v]), torch.tensor([b for _, b in v]))
+        "attention_beats_attribution_suppression": mean([float(a > b)
+                                                         for a, b in zip(rho_att_sup, rho_attr_sup)]),
+        "attention_beats_attribution_padding": mean([float(a > b)
+                                                     for a, b in zip(rho_att_pad, rho_attr_pad)]),
+        "spearman_per_word_kind": {k: spearman(torch.tensor([a for a, _ in v]),
+                                               torch.tensor([b for _, b in v]))
                                    for k, v in by_kind.items()},
     }
 
@@ -192,7 +199,8 @@ def steering(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: f
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="a save_pretrained folder (default: the shipped model)")
-    ap.add_argument("--random", action="store_true", help="an untrained classroom model (checks the plumbing)")
+    ap.add_argument("--random", action="store_true",
+                    help="an untrained classroom model (checks the plumbing)")
     ap.add_argument("--prompts", type=int, default=20, help="two-object prompts")
     ap.add_argument("--singles", type=int, default=12, help="single-object prompts for box steering")
     ap.add_argument("--seeds", type=int, default=2)
@@ -202,7 +210,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--strength", type=float, default=1.0, help="box steering: share of attention moved")
     ap.add_argument("--steer-steps", type=float, default=0.3,
-                    help="box steering: first fraction of steps (0.3 was best of 0.15/0.3/0.5/1.0 on seeds 0-1)")
+                    help="box steering: first fraction of steps "
+                         "(0.3 was best of 0.15/0.3/0.5/1.0 on seeds 0-1)")
     ap.add_argument("--box", type=int, default=12, help="box side in pixels (the image is 32)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -219,15 +228,18 @@ def main(argv=None) -> dict:
     singles, twos = data.held_out_prompts()
     twos, singles = twos[: args.prompts], singles[: args.singles]
     seeds = list(range(args.seeds))
-    sup = suppression_and_agreement(pipe, twos, seeds, args.steps, args.guidance, args.attr_step, args.ig_steps)
+    sup = suppression_and_agreement(pipe, twos, seeds, args.steps, args.guidance, args.attr_step,
+                                    args.ig_steps)
     steer_seeds = [100 + s for s in seeds]  # not the seeds the steering settings were chosen on
-    box_single = steering(pipe, singles, steer_seeds, args.steps, args.guidance, args.strength, args.steer_steps,
-                          args.box)
-    box_two = steering(pipe, twos, steer_seeds, args.steps, args.guidance, args.strength, args.steer_steps, args.box)
+    box_single = steering(pipe, singles, steer_seeds, args.steps, args.guidance, args.strength,
+                          args.steer_steps, args.box)
+    box_two = steering(pipe, twos, steer_seeds, args.steps, args.guidance, args.strength, args.steer_steps,
+                       args.box)
     report = {"weights": "random" if args.random else str(args.weights or "package"), **vars(args),
               "suppression_and_agreement": sup, "steer_single": box_single, "steer_two": box_two,
               "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
-    print(f"{len(twos)} two-object prompts x {len(seeds)} seeds, {args.steps} steps, guidance {args.guidance:g}; "
+    print(f"{len(twos)} two-object prompts x {len(seeds)} seeds, {args.steps} steps, "
+          f"guidance {args.guidance:g}; "
           f"{sup['regions']} object regions ({sup['objects_not_found']} objects not drawn)")
     print(f"suppressing the most-attended word changes its region more than a different word: "
           f"{sup['top_word_beats_other_word']:.1%} of {sup['pairs']} pairs; it is the most-changing word in "
@@ -235,17 +247,21 @@ def main(argv=None) -> dict:
     print(f"Spearman attention vs IG attribution (x0 at step {args.attr_step}), per region: mean "
           f"{sup['spearman_attention_vs_attribution_mean']:+.2f}, median "
           f"{sup['spearman_attention_vs_attribution_median']:+.2f}")
-    print(f"ranking words by suppression effect, Spearman: attention {sup['spearman_attention_vs_suppression_mean']:+.2f}, "
+    print(f"ranking words by suppression effect, Spearman: attention "
+          f"{sup['spearman_attention_vs_suppression_mean']:+.2f}, "
           f"IG attribution {sup['spearman_attribution_vs_suppression_mean']:+.2f} (attention higher in "
           f"{sup['attention_beats_attribution_suppression']:.0%} of regions)")
-    print(f"ranking words by padding effect, Spearman: attention {sup['spearman_attention_vs_padding_mean']:+.2f}, "
+    print(f"ranking words by padding effect, Spearman: attention "
+          f"{sup['spearman_attention_vs_padding_mean']:+.2f}, "
           f"IG attribution {sup['spearman_attribution_vs_padding_mean']:+.2f} (attention higher in "
           f"{sup['attention_beats_attribution_padding']:.0%} of regions); suppression vs padding "
           f"{sup['spearman_suppression_vs_padding_mean']:+.2f}")
     print("Spearman attention share vs attribution share per word kind: "
           + ", ".join(f"{k} {v:+.2f}" for k, v in sup["spearman_per_word_kind"].items()))
-    print(f"box steering ({args.box}px box, strength {args.strength}, first {args.steer_steps:.0%} of steps): "
-          f"single objects land in the box {box_single['steered']:.1%} (unsteered {box_single['unsteered']:.1%}, "
+    print(f"box steering ({args.box}px box, strength {args.strength}, "
+          f"first {args.steer_steps:.0%} of steps): "
+          f"single objects land in the box {box_single['steered']:.1%} "
+          f"(unsteered {box_single['unsteered']:.1%}, "
           f"n={box_single['n']}); first of two objects {box_two['steered']:.1%} (unsteered "
           f"{box_two['unsteered']:.1%}, n={box_two['n']})")
     print(f"{report['seconds']:.0f} s on {torch.get_num_threads()} CPU thread(s)")

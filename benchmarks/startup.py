@@ -46,11 +46,11 @@ def main(argv=None) -> None:
     py = [sys.executable, "-c"]
     with tempfile.TemporaryDirectory() as tmp:
         trace_file = Path(tmp, "run.dvz")
-        subprocess.run(py + [
+        subprocess.run(py + [(
             "import torch, diffviz\npipe = diffviz.classroom.load_pipeline()\n"
             "with diffviz.trace(pipe) as tr:\n"
             "    pipe('a red circle', num_inference_steps=10, generator=torch.Generator().manual_seed(0))\n"
-            f"tr.save({str(trace_file)!r})"], env=env, check=True, capture_output=True)
+            f"tr.save({str(trace_file)!r})")], env=env, check=True, capture_output=True)
         floors = {
             "python": wall(py + ["pass"], env, args.repeats),
             "torch": wall(py + ["import torch"], env, args.repeats),

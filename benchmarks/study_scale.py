@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffviz.batch import read_index  # noqa: E402
-from diffviz.classroom import held_out_prompts  # noqa: E402
-from diffviz.studies import study  # noqa: E402
+from diffviz import classroom
+from diffviz.batch import read_index
+from diffviz.classroom import held_out_prompts
+from diffviz.studies import study
 
 
 def write_prompts(path: Path, n: int) -> None:
@@ -43,7 +44,7 @@ def write_prompts(path: Path, n: int) -> None:
 
 def report(folder: Path) -> dict:
     index = read_index(folder)
-    df = study(folder, progress=True)
+    df = study(folder, grader=classroom.grader, progress=True)
     ok = index[index["status"] == "ok"]
     words = df[df["word_class"].isin(["colour", "shape", "size"])]
     windows = sorted(c.removeprefix("iou_") for c in df.columns if c.startswith("iou_w"))

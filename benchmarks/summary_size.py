@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import diffviz  # noqa: E402
-from diffviz.summary import BITS, MAX_BYTES, MAX_IMAGE_SIDE, estimate_bytes, summarize  # noqa: E402
-from diffviz.testing import SDXL_UNET, tiny_pipeline  # noqa: E402
+import diffviz
+from diffviz.summary import BITS, MAX_BYTES, MAX_IMAGE_SIDE, estimate_bytes, summarize
+from diffviz.testing import SDXL_UNET, tiny_pipeline
 
 
 def main(argv=None) -> None:
@@ -57,7 +57,8 @@ def main(argv=None) -> None:
     # attention resolutions: one per down level with cross-attention, latent / 2**level
     maps = [(latent // 2**i, latent // 2**i)
             for i, t in enumerate(SDXL_UNET["down_block_types"]) if "CrossAttn" in t]
-    fake = types.SimpleNamespace(unet=unet, vae_scale_factor=8, text_encoder=unet, tokenizer=None)  # shapes only
+    # shapes only
+    fake = types.SimpleNamespace(unet=unet, vae_scale_factor=8, text_encoder=unet, tokenizer=None)
     print(f"SDXL, 1024 px, {args.steps} steps, {args.windows} step windows, attention maps {maps}, "
           f"image stored "
           f"at {MAX_IMAGE_SIDE} px, header {header} B (as measured above):")

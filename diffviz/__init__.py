@@ -1,24 +1,21 @@
 """diffviz: see how each word of a prompt shapes a diffusion model's image."""
 
-import sys
-import types
-
 __version__ = "0.1.0"
 
 __all__ = [
     "trace", "Capture", "Trace", "Token", "Layer", "load_trace", "load_pipeline", "estimate_bytes",
-    "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution", "Agreement",
-    "edit", "classroom", "batch", "study", "summarize", "load_summary", "__version__",
+    "CaptureError", "TraceFileError", "explore", "report", "attribute", "agreement", "Attribution",
+    "Agreement", "edit", "classroom", "batch", "study", "summarize", "load_summary", "viz", "__version__",
 ]
 # attribute -> module, imported on first use: `import diffviz` costs nothing, reading a trace imports
 # torch but not diffusers (only capture and loading do), figures plotly, attribution captum.
 _LAZY = {
     "trace": ".capture", "Capture": ".capture", "estimate_bytes": ".capture", "CaptureError": ".capture",
-    "Trace": ".trace", "Token": ".trace", "Layer": ".trace", "load_trace": ".io", "TraceFileError": ".io",
+    "Trace": ".traces", "Token": ".traces", "Layer": ".traces", "load_trace": ".io", "TraceFileError": ".io",
     "load_pipeline": ".pipelines", "explore": ".viz", "report": ".viz",
     "attribute": ".attribution", "agreement": ".attribution", "Attribution": ".attribution",
-    "Agreement": ".attribution", "edit": None, "classroom": None,
-    "batch": None, "study": ".studies", "summarize": ".summary", "load_summary": ".summary",  # pandas, pyarrow
+    "Agreement": ".attribution", "edit": None, "classroom": None, "viz": None, "batch": None,
+    "study": ".studies", "summarize": ".summary", "load_summary": ".summary",  # pandas, pyarrow
 }
 
 
@@ -35,13 +32,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # importing the submodule diffviz.trace binds it as diffviz.trace; the name is the context manager
-        if not (name == "trace" and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -31,7 +31,7 @@ from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
 from . import heatmap
 from .capture.families import family_of
 from .regions import Region, pool, region_attention, region_mask  # re-exported: attribution's vocabulary
-from .trace import Token, Trace
+from .traces import Token, Trace
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 TARGETS = ("x0", "noise")
@@ -83,7 +83,8 @@ class Attribution:
         top = ", ".join(f"{self.words[i]}={self.word_scores[i]:.3g}"
                         for i in self.word_scores.argsort(descending=True)[:4].tolist())
         d = "" if self.delta is None else f", delta {self.delta:.2g}"
-        return f"Attribution({self.method}, {self.target} at step {self.step}: {top}; total {self.total:.3g}{d})"
+        return (f"Attribution({self.method}, {self.target} at step {self.step}: {top}; "
+                f"total {self.total:.3g}{d})")
 
 
 # ---- rebuilding one U-Net call ---------------------------------------------------------------------
@@ -124,7 +125,8 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}.")
     family = family_of(pipe)
     if trace.num_steps == 0:
-        raise ValueError("this trace is empty: run the pipeline inside `with diffviz.trace(pipe) as trace:` first.")
+        raise ValueError("this trace is empty: run the pipeline inside "
+                         "`with diffviz.trace(pipe) as trace:` first.")
     step = trace.step_indices(step)[0]
     word_idx = trace.word_indices(word)[0] if word is not None else None
     mask = region_mask(region, trace.height, trace.width)
@@ -191,9 +193,10 @@ def attribute(pipe, trace: Trace, step: int, region: Region = None, *, method: s
         if t.word is not None:
             word_scores[t.word] += s
     return Attribution(
-        method=method, target=target, step=step, timestep=float(trace.timesteps[step]), words=list(trace.words),
-        tokens=list(trace.tokens), token_scores=token_scores, word_scores=word_scores, total=total, delta=delta,
-        region=mask, word=None if word_idx is None else trace.words[word_idx], pixel_map=pixel_map,
+        method=method, target=target, step=step, timestep=float(trace.timesteps[step]),
+        words=list(trace.words), tokens=list(trace.tokens), token_scores=token_scores,
+        word_scores=word_scores, total=total, delta=delta, region=mask,
+        word=None if word_idx is None else trace.words[word_idx], pixel_map=pixel_map,
     )
 
 

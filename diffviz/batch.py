@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import importlib.util
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .extras import require
 from .io import atomic_path
 from .summary import DEFAULT_WINDOWS, summarize
 from .summary import SUFFIX as SUMMARY_SUFFIX
@@ -155,10 +155,7 @@ def launch_env() -> tuple[int, int, int]:
 
 def require_extra() -> None:
     """An ImportError naming the fix when the 'studies' extra (pandas, pyarrow) is not installed."""
-    for name in ("pandas", "pyarrow"):
-        if importlib.util.find_spec(name) is None:
-            raise ImportError(f"diffviz batch and diffviz.study need {name}, which is not installed: "
-                              "pip install 'diffviz[studies]'.")
+    require("studies", "diffviz batch and diffviz.study", ("pandas", "pyarrow"))
 
 
 def read_index(out: str | Path):

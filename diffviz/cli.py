@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     loud.add_argument("-v", "--verbose", action="store_true",
                       help="also show the libraries' own messages and warnings, and the report's progress")
 
-    ex = sub.add_parser("explain", parents=[talk], help="generate an image, trace it, and write an HTML report",
+    ex = sub.add_parser("explain", parents=[talk],
+                        help="generate an image, trace it, and write an HTML report",
                         description="Generate an image from PROMPT, trace it, save the trace (.dvz) "
                         "beside the report and write a self-contained HTML report.")
     ex.add_argument("prompt", help='the prompt, in quotes: "a red circle left of a blue square"')
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                          "`diffviz explain` or Trace.save.")
     rep.add_argument("trace", type=Path, help="trace file (.dvz)")
     rep.add_argument("--out", type=Path, help="HTML report to write (default: the trace's name with .html)")
+    rep.add_argument("--judge", action="store_true", help="add the classroom judge's verdict on the image "
+                     "(a trace of a classroom-grammar prompt; explain adds it for the classroom model)")
     rep.set_defaults(run=_report, parser=rep)
 
     bat = sub.add_parser("batch", parents=[talk],
@@ -158,7 +161,8 @@ def _explain(args: argparse.Namespace) -> int:
     pipe = _load(args.model, quiet=args.quiet)
     if args.scheduler:
         set_scheduler(pipe, args.scheduler)
-    if args.model is None and not os.environ.get(MODEL_ENV):
+    classroom = args.model is None and not os.environ.get(MODEL_ENV)
+    if classroom:
         unknown = diffviz.classroom.unknown(pipe, args.prompt)
         if unknown:
             print(f"diffviz: warning: the classroom model never learnt {', '.join(map(repr, unknown))}; "
@@ -175,7 +179,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from None
     with _together(args.trace, args.out) as (trace_tmp, out_tmp):
         tr.save(trace_tmp)
-        report(tr, out_tmp, progress=args.verbose)
+        report(tr, out_tmp, progress=args.verbose, notes=_judged(tr) if classroom else None)
     print(f"trace:  {args.trace.resolve()}\nreport: {args.out.resolve()}")
     return 0
 
@@ -190,7 +194,7 @@ def _report(args: argparse.Namespace) -> int:
     except (FileNotFoundError, diffviz.TraceFileError) as err:
         raise CliError(str(err)) from None
     with _together(args.out) as (out_tmp,):
-        report(tr, out_tmp, progress=args.verbose)
+        report(tr, out_tmp, progress=args.verbose, notes=_judged(tr) if args.judge else None)
     print(f"report: {args.out.resolve()}")
     return 0
 
@@ -229,16 +233,25 @@ def _study(args: argparse.Namespace) -> int:
 
     try:
         require_extra()
+        from diffviz import classroom
         from diffviz.studies import study
         from diffviz.viz.study import study_report
 
-        df = study(args.dir, progress=not args.quiet)
+        df = study(args.dir, grader=classroom.grader, progress=not args.quiet)
     except (FileNotFoundError, ImportError) as err:
         raise CliError(str(err)) from None
     out = study_report(df, args.out)
     _say(args)(f"study: {len(df)} (item, word) rows from {df['id'].nunique() if len(df) else 0} items")
     print(f"report: {out.resolve()}")
     return 0
+
+
+def _judged(trace) -> dict[str, str]:
+    """The report's "judge" row: the classroom judge's verdict on the trace's image, if it has one."""
+    from diffviz.classroom.judge import describe
+
+    verdict = None if trace.image is None else describe(trace.prompt, trace.image.numpy())
+    return {} if verdict is None else {"judge": verdict}
 
 
 def _say(args: argparse.Namespace):

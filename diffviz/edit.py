@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture.families import family_of
+from .capture.families import Family, family_of
 from .capture.install import recording
 from .capture.recorder import Recorder
 from .regions import Region, pool, region_mask
-from .trace import Layer, Layers, Steps, Trace, find_word, select_layers
+from .select import Layers, Steps, find_word, select_layers, select_steps
+from .traces import Layer, Trace
 
 Words = str | int | Sequence[str | int]
 # (probs [batch, head, query, token] of the conditional half, layer, step, positions) -> new probs
@@ -47,7 +48,7 @@ class _Call:
 class _Run:
     """State shared by the hooks of one edited generation."""
 
-    pipe: object
+    family: Family  # the run's adapter (and its pipeline), shared with its recorder
     words: list[str | int]
     steps: Steps
     sizes: dict[str, tuple[int, int]]  # every prompt-reading layer -> its query grid (h, w)
@@ -64,17 +65,7 @@ def _resolve(run: _Run) -> None:
     prompt = run.recorder.images[0].prompt
     picked = {i for w in run.words for i in find_word(prompt.words, prompt.prompt, w)}
     run.positions = [t.position for t in prompt.tokens if t.word in picked]
-    n = len(run.pipe.scheduler.timesteps)
-    if run.steps is None:
-        run.selected_steps = set(range(n))
-    elif isinstance(run.steps, slice):
-        run.selected_steps = set(range(n)[run.steps])
-    else:
-        picked_steps = [run.steps] if isinstance(run.steps, int) else list(run.steps)
-        bad = [s for s in picked_steps if not -n <= s < n]
-        if bad:
-            raise IndexError(f"steps {bad} are out of range: this generation has {n} steps (0..{n - 1}).")
-        run.selected_steps = {s % n for s in picked_steps}
+    run.selected_steps = set(select_steps(len(run.family.pipe.scheduler.timesteps), run.steps))
 
 
 def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch.Tensor]:
@@ -83,7 +74,7 @@ def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch
             _resolve(run)
         if run.step not in run.selected_steps or layer not in run.selected:
             return probs
-        half = probs.shape[0] // 2 if getattr(run.pipe, "do_classifier_free_guidance", False) else 0
+        half = probs.shape[0] // 2 if run.recorder.cfg else 0  # as the run's family read the batch
         out = probs.clone()
         out[half:] = change(probs[half:], _Call(layer, run.step, run.sizes[layer], run.positions))
         return out
@@ -91,21 +82,20 @@ def _make_edit(run: _Run, change: Change) -> Callable[[str, torch.Tensor], torch
     return edit
 
 
-def _layers(pipe, call_kwargs: dict) -> tuple[list[Layer], tuple[int, int]]:
+def _layers(family: Family, call_kwargs: dict) -> tuple[list[Layer], tuple[int, int]]:
     """The prompt-reading layers at the size of this call, and that size (H, W) in pixels."""
-    family = family_of(pipe)
-    h, w = family.default_size()
-    size = (call_kwargs.get("height") or h, call_kwargs.get("width") or w)
-    return family.layers((size[0] // family.vae_scale, size[1] // family.vae_scale)), size
+    h, w = call_kwargs.get("height"), call_kwargs.get("width")
+    return family.layers(family.latent_grid(h, w)), family.image_size(h, w)
 
 
-def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, layers: Layers, seed: int,
-              check_first: Callable[[torch.Tensor], None] | None = None, **call_kwargs):
-    """Run ``pipe(prompt)`` once with ``change`` applied to ``words``' attention; -> (image, trace)."""
-    family = family_of(pipe)
-    found, _ = _layers(pipe, call_kwargs)
+def _generate(family: Family, prompt: str, words: Words, change: Change, *, steps: Steps, layers: Layers,
+              seed: int, check_first: Callable[[torch.Tensor], None] | None = None, **call_kwargs):
+    """Run the family's pipeline on ``prompt`` once with ``change`` applied to ``words``' attention;
+    -> (image, trace)."""
+    pipe = family.pipe
+    found, _ = _layers(family, call_kwargs)
     selected = select_layers(found, layers, what="prompt-reading layer")
-    run = _Run(pipe, [words] if isinstance(words, (str, int)) else list(words), steps,
+    run = _Run(family, [words] if isinstance(words, (str, int)) else list(words), steps,
                {l.name: l.size for l in found}, set(selected))
 
     def count(module, args, kwargs) -> None:
@@ -115,7 +105,7 @@ def _generate(pipe, prompt: str, words: Words, change: Change, *, steps: Steps, 
 
     handle = family.denoiser.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        with recording(pipe, edit=_make_edit(run, change), edit_layers=selected) as rec:
+        with recording(pipe, edit=_make_edit(run, change), edit_layers=selected, family=family) as rec:
             run.recorder = rec
             generator = torch.Generator().manual_seed(seed)
             image = pipe(prompt, generator=generator, **call_kwargs).images[0]
@@ -130,7 +120,8 @@ def _set_column(probs: torch.Tensor, positions: list[int], new: torch.Tensor) ->
     out = probs.clone()
     old = probs[..., positions]
     new = new.clamp(0, 1)
-    new = new / new.sum(-1, keepdim=True).clamp_min(1.0)  # never more than a whole row (no host sync to check)
+    # never more than a whole row (no host sync to check)
+    new = new / new.sum(-1, keepdim=True).clamp_min(1.0)
     rest = (1 - new.sum(-1, keepdim=True)) / (1 - old.sum(-1, keepdim=True)).clamp_min(1e-6)
     out = out * rest
     out[..., positions] = new
@@ -151,7 +142,8 @@ def reweight(pipe, prompt: str, word: Words, factor: float, *, steps: Steps = No
         p[..., c.positions] *= factor
         return p
 
-    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
+    return _generate(family_of(pipe), prompt, word, change, steps=steps, layers=layers, seed=seed,
+                     **call_kwargs)
 
 
 def suppress(pipe, prompt: str, word: Words, *, steps: Steps = None, layers: Layers = None, seed: int = 0,
@@ -174,7 +166,8 @@ def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: st
     if call_kwargs["num_inference_steps"] != source.num_steps or not source.options.get("complete", True):
         raise ValueError(f"the source trace has {source.num_steps} steps, this generation "
                          f"{call_kwargs['num_inference_steps']}; inject needs the same number of steps.")
-    found, (h, w) = _layers(pipe, call_kwargs)
+    family = family_of(pipe)
+    found, (h, w) = _layers(family, call_kwargs)
     if (h, w) != (source.height, source.width):
         raise ValueError(f"the source trace is {source.width}x{source.height} px, this generation {w}x{h}; "
                          "pass height=/width= to match.")
@@ -184,8 +177,9 @@ def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: st
     names = {l.name for l in found}
     missing = [l.name for l in source.layers if l.name not in names]
     if missing:
-        raise ValueError(f"the source trace has layers this pipeline lacks ({missing[:2]}...): another model.")
-    device = family_of(pipe).denoiser.device  # moved once, not once per layer and step
+        raise ValueError(f"the source trace has layers this pipeline lacks ({missing[:2]}...): "
+                         "another model.")
+    device = family.denoiser.device  # moved once, not once per layer and step
     src_maps = {name: m[:, :, src_idx].to(device, torch.float32) for name, m in source.attn.items()}
     # [step, head, token, h, w]
 
@@ -205,8 +199,8 @@ def inject(pipe, prompt: str, source: Trace, word: str | int, *, source_word: st
             raise ValueError("the source trace started from different noise: inject needs the seed the "
                              "source was made with (pass seed=...).")
 
-    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, check_first=same_noise,
-                     **call_kwargs)
+    return _generate(family, prompt, word, change, steps=steps, layers=layers, seed=seed,
+                     check_first=same_noise, **call_kwargs)
 
 
 def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9, steps: Steps = None,
@@ -222,7 +216,8 @@ def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9,
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength is the share of attention moved into the box, 0..1, not {strength}.")
-    mask = region_mask(box, *_layers(pipe, call_kwargs)[1])
+    family = family_of(pipe)
+    mask = region_mask(box, *_layers(family, call_kwargs)[1])
     pooled: dict[tuple[int, int], torch.Tensor] = {}
 
     def change(p: torch.Tensor, c: _Call) -> torch.Tensor:
@@ -234,7 +229,7 @@ def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9,
         target = old.sum(-2, keepdim=True) * b  # the same mass per token, spread over the box
         return _set_column(p, c.positions, (1 - strength) * old + strength * target)
 
-    return _generate(pipe, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
+    return _generate(family, prompt, word, change, steps=steps, layers=layers, seed=seed, **call_kwargs)
 
 
 __all__ = ["inject", "reweight", "steer", "suppress"]

@@ -10,13 +10,14 @@ upsampling (both are linear), so a heat map costs one interpolation per layer. `
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .traces import Trace
 
 
 def grid(trace: Trace) -> tuple[int, int]:
@@ -110,8 +111,8 @@ def daam(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layers: S
 def _head_indices(trace: Trace, stored: int, heads: int | Sequence[int]) -> list[int]:
     picked = [heads] if isinstance(heads, int) else list(heads)
     if not trace.options.get("heads"):
-        raise ValueError("this trace stores the mean over heads; capture with diffviz.trace(pipe, heads=True) "
-                         "to select heads.")
+        raise ValueError("this trace stores the mean over heads; capture with "
+                         "diffviz.trace(pipe, heads=True) to select heads.")
     bad = [h for h in picked if not 0 <= h < stored]
     if bad:
         raise IndexError(f"heads {bad} are out of range: these layers have {stored} heads (0..{stored - 1}).")

@@ -3,8 +3,9 @@
 Loading never unpickles: safetensors holds raw tensors, the rest is JSON. A SHA-256 over every
 tensor (name, dtype, shape, bytes) and over the JSON description itself (every field except the
 checksum) is stored and checked, so a truncated file, or one edited in its tensors or its header
-(a prompt, a scheduler name), is refused with a message rather than read as wrong numbers or words. Saving writes a temporary file and renames it,
-so an interrupted save never leaves a half-written trace under the final name.
+(a prompt, a scheduler name), is refused with a message rather than read as wrong numbers or words.
+Saving writes a temporary file and renames it, so an interrupted save never leaves a half-written trace
+under the final name.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .trace import Layer, Token, Trace
+from .traces import Layer, Token, Trace
 
 FORMAT = "diffviz-trace"
 FORMAT_VERSION = 2  # 2: the checksum covers the JSON description too
@@ -49,7 +50,8 @@ def _checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
 def save_trace(trace: Trace, path: str | Path) -> Path:
     """Write ``trace`` to ``path`` atomically; returns the path."""
     if trace.num_steps == 0:
-        raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` block).")
+        raise ValueError("this trace is empty (no generation ran inside its "
+                         "`with diffviz.trace(pipe)` block).")
     path = Path(path)
     tensors = {k: getattr(trace, k) for k in _TENSORS if getattr(trace, k) is not None}
     tensors |= {f"attn/{n}": m for n, m in trace.attn.items()}
@@ -121,8 +123,8 @@ def load_trace(path: str | Path) -> Trace:
                        if k.startswith("self_attn/")},
         )
     except (KeyError, TypeError, ValueError) as err:  # intact but incomplete: written by another program
-        raise TraceFileError(f"{str(path)!r} is missing part of a trace ({type(err).__name__}: {err}); it was "
-                             "not written by Trace.save.") from None
+        raise TraceFileError(f"{str(path)!r} is missing part of a trace ({type(err).__name__}: {err}); "
+                             "it was not written by Trace.save.") from None
 
 
 def read_file(path: str | Path, fmt: str, fmt_version: int,
@@ -139,8 +141,8 @@ def read_file(path: str | Path, fmt: str, fmt_version: int,
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("diffviz")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors reports damage with several exception types
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    except Exception as err:  # noqa: BLE001 - safetensors reports damage with several exception types
         raise TraceFileError(f"{str(path)!r} is not a readable {what} file (truncated, or not a diffviz "
                              f"{what}): {err}") from None
     if raw is None:
@@ -167,8 +169,9 @@ def read_file(path: str | Path, fmt: str, fmt_version: int,
     except (RuntimeError, TypeError, ValueError):  # e.g. a tensor whose bytes cannot be viewed
         intact = False
     if not intact:
-        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved (checksum mismatch "
-                             "over its tensors and description); regenerate it or restore the original file.")
+        raise TraceFileError(f"{str(path)!r} has been changed or damaged since it was saved "
+                             "(checksum mismatch over its tensors and description); "
+                             "regenerate it or restore the original file.")
     return meta, tensors
 
 

@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # torch loads with the first pipeline, so that `diffviz --hel
     import torch
 
 MODEL_ENV = "DIFFVIZ_MODEL"
-SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler"}
+SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+              "dpm": "DPMSolverMultistepScheduler"}
 
 
 def scheduler_class(name: str):
@@ -83,8 +84,8 @@ def check_folder(folder: Path) -> Path:
     index = folder / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(
-            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json. For a single-file "
-            f"checkpoint (.safetensors/.ckpt), {convert}"
+            f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json. "
+            f"For a single-file checkpoint (.safetensors/.ckpt), {convert}"
         )
     try:
         components = json.loads(index.read_text(encoding="utf-8"))
@@ -99,8 +100,8 @@ def check_folder(folder: Path) -> Path:
     if missing:
         raise FileNotFoundError(
             f"{str(folder)!r} has model_index.json but lacks the component folder(s) "
-            f"{', '.join(m + '/' for m in missing)}: the download is incomplete. Download the whole checkpoint "
-            "folder again (every subfolder model_index.json names)."
+            f"{', '.join(m + '/' for m in missing)}: the download is incomplete. "
+            "Download the whole checkpoint folder again (every subfolder model_index.json names)."
         )
     return folder
 

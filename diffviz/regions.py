@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from . import heatmap
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .traces import Trace
 
 # A box (x0, y0, x1, y1) in image pixels (x right, y down, end exclusive), or a [H, W] mask/weights.
 Region = tuple[float, float, float, float] | torch.Tensor | None

@@ -11,50 +11,45 @@ on the word's attention map on the common latent grid (``Summary.word_maps``):
     centroid_y  the same, down the image (0 top)
     spread      attention-weighted distance from the centroid, as a fraction of the image side
     peak        the largest cell's attention over the mean cell's (1 = even)
-    iou         on classroom prompts: IoU of the heat map (at image size, >= IOU_THRESHOLD of its max)
-                with the mask of the word's object as the judge finds it (NaN: a word with no object,
-                such as "a" or "left", or an object the judge did not find in the image)
+    iou         with a grader, on the prompts it grades: IoU of the heat map (at image size, >=
+                IOU_THRESHOLD of its max) with the mask of the word's object as the grader finds it
+                (NaN: a word with no object, such as "a" or "left", or an object not found in the image)
 
-``word_class``: "colour", "shape", "size", "relation" or "article" for the classroom's words, else None.
-Item columns: ``id``, ``prompt``, ``seed``, ``steps``, ``file``; on classroom prompts the judge's
-``correct``, ``objects_ok``, ``relation`` ("left of", ...) and ``relation_ok``.
+Item columns: ``id``, ``prompt``, ``seed``, ``steps``, ``file``. A ``grader`` (``diffviz.classroom.grader``
+for the classroom grammar) adds ``word_class`` per word ("colour", "shape", "size", "relation",
+"article", or None) and, on the prompts it grades, its item columns (the classroom judge's ``correct``,
+``objects_ok``, ``relation`` ("left of", ...) and ``relation_ok``) and ``iou``.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from .batch import read_index
-from .classroom import data as classroom_data
 from .summary import Summary, load_summary, summarize
+
+
+class Grader(Protocol):
+    """What a study learns from a grammar of prompts (``diffviz.classroom.grader`` is one)."""
+
+    def word_class(self, word: str) -> str | None: ...
+
+    def grade(self, prompt: str, words: list[str],
+              image: np.ndarray) -> tuple[list[np.ndarray | None], dict] | None:
+        """(per word: bool [H, W] mask of its object or None; item columns) or None: not graded."""
 
 METRICS = ("share", "entropy", "centroid_x", "centroid_y", "spread", "peak")
 IOU_THRESHOLD = 0.4  # as benchmarks/classroom_quality.py
-_RELATION_WORDS = {w for r in classroom_data.RELATIONS for w in r.split()}
-
-
-def word_class(word: str) -> str | None:
-    """The classroom grammar's class of ``word``: "colour", "shape", "size", "relation", "article" or None."""
-    w = word.lower()
-    if w in classroom_data.COLOURS:
-        return "colour"
-    if w in classroom_data.SHAPES:
-        return "shape"
-    if w in classroom_data.SIZES:
-        return "size"
-    if w in _RELATION_WORDS:
-        return "relation"
-    return "article" if w in ("a", "an", "the") else None
-
-
 @torch.no_grad()
-def study(path: str | Path, *, progress: bool = False):
+def study(path: str | Path, *, grader: Grader | None = None, progress: bool = False):
     """A pandas DataFrame, one row per (item, word) of the items of batch folder ``path`` that succeeded
-    (columns in the module docstring). ``df.attrs["windows"]``: window name -> its step ranges seen."""
+    (columns in the module docstring; ``grader`` adds word classes, verdicts and IoU).
+    ``df.attrs["windows"]``: window name -> its step ranges seen."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -67,7 +62,7 @@ def study(path: str | Path, *, progress: bool = False):
         summary = _open(path / item.file)
         for k, span in enumerate(summary.windows):
             windows.setdefault(f"w{k}", set()).add(tuple(span))
-        records += _rows(item, summary)
+        records += _rows(item, summary, grader)
     df = pd.DataFrame.from_records(records)
     df.attrs["windows"] = {k: sorted(v) for k, v in windows.items()}
     return df
@@ -97,46 +92,28 @@ def metrics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
             "centroid_y": cy, "spread": spread, "peak": p.amax(1) * h * w}
 
 
-def _rows(item, summary: Summary) -> list[dict]:
+def _rows(item, summary: Summary, grader: Grader | None) -> list[dict]:
     """The study rows of one item."""
     spans = [None, *range(len(summary.windows))]
     values = {k: metrics(summary.word_maps(k)) for k in spans}
-    masks, verdict = _classroom_masks(item.prompt, summary)
+    graded = None
+    if grader is not None and summary.image is not None:
+        graded = grader.grade(item.prompt, summary.words, summary.image.numpy())
     base = dict(id=item.id, prompt=item.prompt, seed=item.seed, steps=item.steps, file=item.file)
-    if verdict is not None:
-        base |= dict(correct=verdict["correct"], objects_ok=verdict["objects_ok"],
-                     relation=verdict["relation"], relation_ok=verdict["relation_ok"])
+    if graded is not None:
+        base |= graded[1]
     rows = []
     for wi, word in enumerate(summary.words):
-        row = base | dict(word_index=wi, word=word, word_class=word_class(word))
+        row = base | dict(word_index=wi, word=word)
+        if grader is not None:
+            row["word_class"] = grader.word_class(word)
         for k in spans:
             suffix = "" if k is None else f"_w{k}"
             row |= {f"{m}{suffix}": float(v[wi]) for m, v in values[k].items()}
-            if masks is not None:
-                row[f"iou{suffix}"] = _iou(summary, wi, k, masks[wi])
+            if grader is not None:
+                row[f"iou{suffix}"] = _iou(summary, wi, k, None if graded is None else graded[0][wi])
         rows.append(row)
     return rows
-
-
-def _classroom_masks(prompt: str, summary: Summary):
-    """(per word: the bool [H, W] mask of its object as the judge found it, or None; the verdict) for a
-    prompt of the classroom grammar with an image; (None, None) otherwise."""
-    if summary.image is None:
-        return None, None
-    caption = " ".join(prompt.lower().split())
-    try:
-        _, relation = classroom_data.parse_caption(caption)
-    except ValueError:
-        return None, None
-    words = classroom_data.word_objects(caption)
-    if [w for w, _ in words] != [w.lower() for w in summary.words]:
-        return None, None
-    from .classroom.judge import judge
-
-    verdict = judge(caption, summary.image.numpy())
-    masks = [None if obj is None or verdict["matched"][obj] is None else verdict["matched"][obj].mask
-             for _, obj in words]
-    return masks, verdict | {"relation": relation}
 
 
 def _iou(summary: Summary, word: int, window: int | None, mask: np.ndarray | None) -> float:

@@ -28,7 +28,8 @@ import torch
 from . import __version__, heatmap
 from .decode import preview
 from .io import TraceFileError, read_file, write_file
-from .trace import Trace
+from .select import find_word
+from .traces import Trace
 
 FORMAT = "diffviz-summary"
 FORMAT_VERSION = 2  # 2: maps at 8 or 4 bits ("bits")
@@ -90,16 +91,7 @@ class Summary:
                 normalize: bool = True) -> torch.Tensor:
         """[H, W] float32 map of ``word`` (every occurrence) over ``window`` (None: all steps) at image
         size (or ``size``); in [0, 1] when normalised. Matches ``Trace.word_heatmap(word, steps=...)``."""
-        if isinstance(word, int):
-            if not 0 <= word < len(self.words):
-                raise IndexError(f"word index {word} is out of range: the prompt has {len(self.words)} words "
-                                 f"{self.words}.")
-            idx = [word]
-        else:
-            idx = [i for i, w in enumerate(self.words) if w.lower() == word.lower().strip()]
-            if not idx:
-                raise KeyError(f"{word!r} is not a word of the prompt {self.prompt!r}; its words are "
-                               f"{self.words}.")
+        idx = find_word(self.words, self.prompt, word)
         if window is not None and not -len(self.windows) <= window < len(self.windows):
             raise IndexError(f"window {window} is out of range: this summary has {len(self.windows)} "
                              f"windows {self.windows}.")

@@ -23,8 +23,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from .classroom.tokenizer import build_tokenizer
 from .pipelines import scheduler_class
 
-WORDS = ("a an the red green blue yellow purple orange circle square triangle left right of above below "
-         "photo cat dog large small and on in").split()
+WORDS = ["a", "an", "the", "red", "green", "blue", "yellow", "purple", "orange", "circle", "square",
+         "triangle", "left", "right", "of", "above", "below", "photo", "cat", "dog", "large", "small", "and",
+         "on", "in"]
 
 
 def scheduler(name: str = "ddim"):
@@ -36,9 +37,11 @@ def scheduler(name: str = "ddim"):
     return scheduler_class(name)(**kw)
 
 
-def _clip(tokenizer, hidden: int, layers: int, with_projection: bool = False, heads: int = 4, mlp: int = 2):
+def _clip(tokenizer, hidden: int, layers: int, with_projection: bool = False, heads: int = 4,
+          mlp: int = 2):
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=mlp * hidden, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=mlp * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=tokenizer.model_max_length, projection_dim=hidden,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -129,8 +132,8 @@ def full_size_pipeline(kind: str = "sd15", scheduler_name: str = "ddim", seed: i
         unet = UNet2DConditionModel(**SDXL_UNET).eval()
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=_clip(tokenizer, 768, 12, heads=12, mlp=4), tokenizer=tokenizer,
-            text_encoder_2=_clip(tokenizer, 1280, 32, with_projection=True, heads=20, mlp=4), tokenizer_2=tokenizer,
-            unet=unet, scheduler=scheduler(scheduler_name),
+            text_encoder_2=_clip(tokenizer, 1280, 32, with_projection=True, heads=20, mlp=4),
+            tokenizer_2=tokenizer, unet=unet, scheduler=scheduler(scheduler_name),
         )
     raise ValueError(f"kind must be 'sd15' or 'sdxl', not {kind!r}.")
 
@@ -140,20 +143,28 @@ T5_SPECIAL = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as in T5
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a word
 
 
-def t5_tokenizer(words: Sequence[str] = WORDS, model_max_length: int = 512):
+def t5_tokenizer(words: Sequence[str] = WORDS, model_max_length: int = 512, whitespace: bool = False):
     """A T5 tokenizer (SentencePiece-style unigram, built with the ``tokenizers`` library) in which each of
     ``words`` is one piece ``"▁word"``; any other word falls apart into ``"▁"`` and character pieces, the
-    way T5 splits a rare word. Case-sensitive, like T5. Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2."""
+    way T5 splits a rare word. Case-sensitive, like T5. Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2.
+    ``whitespace=True``: the other kind of T5 tokenizer, split on whitespace and punctuation first, one piece
+    per word with no word-start mark (an unknown word is ``<unk>``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    chars = [c for c in string.printable if c.strip()]
-    pieces = [(t, 0.0) for t in T5_SPECIAL] + [(WORD_START + w, -2.0) for w in dict.fromkeys(words)]
-    pieces += [(WORD_START, -4.0)] + [(c, -6.0) for c in chars]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True)
-    tok.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True)
+    if whitespace:
+        vocab = {t: i for i, t in enumerate([*T5_SPECIAL, *dict.fromkeys(words), *string.punctuation])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    else:
+        chars = [c for c in string.printable if c.strip()]
+        pieces = [(t, 0.0) for t in T5_SPECIAL] + [(WORD_START + w, -2.0) for w in dict.fromkeys(words)]
+        pieces += [(WORD_START, -4.0)] + [(c, -6.0) for c in chars]
+        tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+        tok.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always",
+                                                     split=True)
+        tok.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always", split=True)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",

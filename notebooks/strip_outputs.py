@@ -28,9 +28,8 @@ def strip(path: Path) -> None:
                 data = {k: v for k, v in out["data"].items() if k in KEEP}
                 if len("".join(data.get("image/png", ""))) > MAX_PNG_CHARS:
                     data.pop("image/png")
-                if "image/png" in data or "application/vnd.plotly.v1+json" not in out["data"]:
-                    if data:
-                        kept.append({**out, "data": data})
+                if data and ("image/png" in data or "application/vnd.plotly.v1+json" not in out["data"]):
+                    kept.append({**out, "data": data})
                 continue
             kept.append(out)
         cell["outputs"] = kept

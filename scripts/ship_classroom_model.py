@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from unpack_classroom_run import install  # noqa: E402
+from unpack_classroom_run import install
 
 METRICS = {"single-object": ("single", "correct"), "two-object": ("two", "correct"),
            "word-map IoU": ("localisation", "miou_correct_images")}

@@ -1,4 +1,5 @@
-"""Attribution on tiny pipelines: the rebuilt step is the traced one, IG adds up, the pipeline is untouched."""
+"""Attribution on tiny pipelines: the rebuilt step is the traced one, IG adds up, the pipeline is
+untouched."""
 
 from __future__ import annotations
 

@@ -232,7 +232,20 @@ def studied(classroom, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     path = _prompts(tmp, [PAIR, SINGLE, "a cat"])
     batch.run(path, tmp / "out", classroom, steps=12, seed=1, progress=False)
-    return tmp / "out", diffviz.study(tmp / "out")
+    return tmp / "out", diffviz.study(tmp / "out", grader=diffviz.classroom.grader)
+
+
+def test_a_study_without_a_grader_has_the_metrics_and_no_judge(studied):
+    """diffviz.study knows no grammar of its own: without a grader there are no word classes, verdicts or
+    IoU (the classroom judge is the grader's, passed in), and the study report still draws."""
+    from diffviz.viz.study import study_report
+
+    path, graded = studied
+    df = diffviz.study(path)
+    assert list(df["word"]) == list(graded["word"])
+    assert not {"word_class", "correct", "relation", "iou"} & set(df.columns)
+    assert np.allclose(df["share"], graded["share"])
+    assert study_report(df, path / "plain.html").stat().st_size > 1000
 
 
 def test_study_has_a_row_per_item_and_word_with_the_metrics(studied):

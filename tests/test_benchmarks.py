@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_capture_benchmark_runs_tiny_on_cpu():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_capture.py"), "--tiny", "--reps", "1"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_capture.py"),
+                          "--tiny", "--reps", "1"],
                          capture_output=True, text=True, timeout=600, check=True).stdout
     rows = [l for l in out.splitlines() if "ratio" in l]
     assert len(rows) == 15  # SD 1.5, SDXL, SD3 shapes x 4 modes; Flux x 3 (no unconditional half)
@@ -26,10 +27,12 @@ def test_training_speed_benchmark_prints_its_table():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "classroom_train_speed.py"), "--quick",
                           "--steps", "1", "--rounds", "1"], capture_output=True, text=True, timeout=600,
                          check=True).stdout
-    rows = {m[0]: float(m[1]) for m in re.findall(r"^(\S.*?) +\d+ / +\d+ / +\d+ +([\d.]+)x +\d+%$", out, re.M)}
+    rows = {m[0]: float(m[1])
+            for m in re.findall(r"^(\S.*?) +\d+ / +\d+ / +\d+ +([\d.]+)x +\d+%$", out, re.MULTILINE)}
     assert set(rows) == {"v1 step", "Trainer t1 b64", "Trainer t2 b64", "2 processes x 1 thread b64"}, out
     assert rows["v1 step"] == 1.0 and all(r > 0 for r in rows.values())
-    assert re.search(r"fp32 matmul \(1024\^2\): \d+ GFLOP/s on 1 thread, \d+ on 2; model: 0\.\d+ GFLOP", out), out
+    assert re.search(r"fp32 matmul \(1024\^2\): \d+ GFLOP/s on 1 thread, \d+ on 2; "
+                     r"model: 0\.\d+ GFLOP", out), out
 
 
 def test_recipe_table_intervals():

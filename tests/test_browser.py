@@ -95,7 +95,8 @@ def test_report_draws_and_steps_offline(browser, traced, tmp_path, screenshots):
     before = gd.evaluate(FIRST_IMAGE_HREF)
     assert before.startswith("data:image/png;base64,")
     opening = next(s for s in range(traced[1].num_steps) if float(traced[1].sigma[s]) <= 1)
-    assert gd.evaluate("el => el.layout.sliders[0].active") == opening > 0  # where x0 starts to mean something
+    # where x0 starts to mean something
+    assert gd.evaluate("el => el.layout.sliders[0].active") == opening > 0
     rail = gd.locator("rect.slider-rail-touch-rect").bounding_box()
     page.mouse.click(rail["x"] + rail["width"] * 0.99, rail["y"] + rail["height"] / 2)  # the last step
     page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active === 3", timeout=10_000)
@@ -161,7 +162,7 @@ def jupyterlab(traced, sd_pipe, tmp_path_factory):
                IPYTHONDIR=str(home / "ipython"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
-    log = open(root / "jupyterlab.log", "w")
+    log = open(root / "jupyterlab.log", "w")  # noqa: SIM115  (open while the fixture yields; closed below)
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
          f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",

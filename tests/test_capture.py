@@ -145,9 +145,8 @@ def test_restored_when_generation_raises(sd_pipe):
             raise RuntimeError("user callback failed")
         return kwargs
 
-    with pytest.raises(RuntimeError, match="user callback failed"):
-        with diffviz.trace(sd_pipe) as tr:
-            generate(sd_pipe, callback_on_step_end=boom)
+    with pytest.raises(RuntimeError, match="user callback failed"), diffviz.trace(sd_pipe) as tr:
+        generate(sd_pipe, callback_on_step_end=boom)
     assert_same(before, snapshot(sd_pipe))
     assert tr.num_steps == 3 and tr.options["complete"] is False  # what ran is kept
     # and the pipeline still generates the image it made before the failed trace
@@ -195,10 +194,9 @@ def test_several_images_per_call_give_one_trace_each(sd_pipe):
 
 
 def test_second_generation_in_one_block_is_refused(sd_pipe):
-    with pytest.raises(CaptureError, match="already holds a generation"):
-        with diffviz.trace(sd_pipe):
-            generate(sd_pipe)
-            generate(sd_pipe)
+    with pytest.raises(CaptureError, match="already holds a generation"), diffviz.trace(sd_pipe):
+        generate(sd_pipe)
+        generate(sd_pipe)
 
 
 def test_memory_is_estimated_and_an_oversized_capture_refused(sd_pipe):
@@ -211,9 +209,9 @@ def test_memory_is_estimated_and_an_oversized_capture_refused(sd_pipe):
     assert est["latents"] == latents
     heads = estimate_bytes(sd_pipe, 64, 64, num_inference_steps=4, n_tokens=8, heads=True)
     assert heads["attention"] > est["attention"]
-    with pytest.raises(CaptureError, match=r"over max_bytes.*heads=False.*layers="):
-        with diffviz.trace(sd_pipe, heads=True, max_bytes=est["total"]):
-            generate(sd_pipe)
+    with (pytest.raises(CaptureError, match=r"over max_bytes.*heads=False.*layers="),
+          diffviz.trace(sd_pipe, heads=True, max_bytes=est["total"])):
+        generate(sd_pipe)
 
 
 def test_bad_input_gets_clear_errors(traced, sd_pipe):
@@ -228,16 +226,15 @@ def test_bad_input_gets_clear_errors(traced, sd_pipe):
         tr.heatmap("red", heads=0)
     with pytest.raises(ValueError, match="tokens must be one of"):
         diffviz.trace(sd_pipe, tokens="everything").__enter__()
-    with pytest.raises(TypeError, match="cannot trace a object.*Supported: StableDiffusionPipeline"):
-        with diffviz.trace(object()):
-            pass
+    with (pytest.raises(TypeError, match="cannot trace a object.*Supported: StableDiffusionPipeline"),
+          diffviz.trace(object())):
+        pass
 
 
 def test_prompt_embeds_without_text_are_refused(sd_pipe):
     embeds = sd_pipe.encode_prompt(PROMPT, "cpu", 1, False)[0]
-    with pytest.raises(CaptureError, match="prompt as text"):
-        with diffviz.trace(sd_pipe):
-            sd_pipe(prompt_embeds=embeds, num_inference_steps=2, height=64, width=64, guidance_scale=1.0)
+    with pytest.raises(CaptureError, match="prompt as text"), diffviz.trace(sd_pipe):
+        sd_pipe(prompt_embeds=embeds, num_inference_steps=2, height=64, width=64, guidance_scale=1.0)
 
 
 def test_img2img_traces_the_steps_it_runs(sd_pipe):
@@ -247,13 +244,14 @@ def test_img2img_traces_the_steps_it_runs(sd_pipe):
     pipe.set_progress_bar_config(disable=True)
     start = generate(sd_pipe)
     with diffviz.trace(pipe) as tr:
-        pipe(PROMPT, image=start, strength=0.5, num_inference_steps=8, generator=torch.Generator().manual_seed(0))
+        pipe(PROMPT, image=start, strength=0.5, num_inference_steps=8,
+             generator=torch.Generator().manual_seed(0))
     assert tr.num_steps == 4 and tr.options.get("complete", True) and tr.image is not None
     assert tr.timesteps[0] < 600
 
 
 def test_previews_and_vae_decode(traced, sd_pipe):
-    image, tr = traced
+    _, tr = traced
     last = tr.decode(-1, sd_pipe.vae, of="latents")
     assert torch.equal(last, tr.decode(4, sd_pipe.vae, of="latents"))  # index num_steps = the final latents
     assert last.shape == (64, 64, 3) and last.dtype == torch.uint8

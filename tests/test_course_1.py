@@ -24,7 +24,8 @@ def trace(traced6):
 def test_distance_share_runs_from_one_to_zero(trace):
     x0 = trace.x0.double()
     s = 2
-    assert lesson1.distance_share(trace, s) == pytest.approx(float((x0[s] - x0[-1]).norm() / (x0[0] - x0[-1]).norm()))
+    assert lesson1.distance_share(trace, s) == pytest.approx(
+        float((x0[s] - x0[-1]).norm() / (x0[0] - x0[-1]).norm()))
     assert lesson1.distance_share(trace, 0) == pytest.approx(1)
     assert lesson1.distance_share(trace, trace.num_steps - 1) == 0
 
@@ -39,7 +40,8 @@ def test_check_x0_compares_the_prediction_only_after_a_right_answer(trace, capsy
     assert f"{share:.0%} of its way" in out and "was close" in out
     assert lesson1.check_x0(right, trace, s, prediction=share + 0.5)
     assert "was off" in capsys.readouterr().out
-    assert not lesson1.check_x0(trace.latents[s], trace, s, prediction=share)  # a wrong answer reveals nothing
+    # a wrong answer reveals nothing
+    assert not lesson1.check_x0(trace.latents[s], trace, s, prediction=share)
     assert "its way" not in capsys.readouterr().out
 
 

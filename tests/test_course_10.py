@@ -21,19 +21,23 @@ def classroom():
 
 
 def _draw(pipe, seed=5, **inputs):
-    return np.asarray(pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(seed), **inputs).images[0])
+    return np.asarray(pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(seed),
+                           **inputs).images[0])
 
 
 def test_token_states_are_the_encoder_and_positions_move_words(classroom):
     ids = lesson10.token_ids(classroom, PROMPT)
     with torch.no_grad():
         assert torch.equal(lesson10.token_states(classroom, PROMPT), classroom.text_encoder(ids)[0])
-    red, blue = lesson10.word_position(classroom, PROMPT, "red"), lesson10.word_position(classroom, PROMPT, "blue")
+    red, blue = (lesson10.word_position(classroom, PROMPT, "red"),
+                 lesson10.word_position(classroom, PROMPT, "blue"))
     assert (red, blue) == (2, 7)
     moved = lesson10.token_states(classroom, PROMPT, lesson10.swapped(77, red, blue))
     words_swapped = lesson10.token_states(classroom, "a blue circle left of a red square")
-    # the same set of states in another row order: "red" moved to position 7 is the state of "red" written there
-    assert torch.equal(moved[0, red], words_swapped[0, blue]) and torch.equal(moved[0, blue], words_swapped[0, red])
+    # the same set of states in another row order: "red" moved to position 7 is the state of "red" written
+    # there
+    assert (torch.equal(moved[0, red], words_swapped[0, blue])
+            and torch.equal(moved[0, blue], words_swapped[0, red]))
     assert torch.equal(moved[0, :red], words_swapped[0, :red])
     assert not torch.allclose(moved[0, red], lesson10.token_states(classroom, PROMPT)[0, red])
     blue_vec = lesson10.token_embedding(classroom, "blue")
@@ -77,7 +81,8 @@ def test_edit_caption_makes_one_part_wrong():
 
 def test_word_gains_and_their_checks_on_the_shipped_model(classroom):
     gains = lesson10.word_gains(classroom, lesson10.probe_scenes(24, seed=1))
-    assert gains["colour"] > 0.005 and gains["shape"] > 0.005  # the shipped model reads colour and shape words
+    # the shipped model reads colour and shape words
+    assert gains["colour"] > 0.005 and gains["shape"] > 0.005
     assert lesson10.check_first_learnt(max(gains, key=gains.get), gains)
     assert not lesson10.check_first_learnt(min(gains, key=gains.get), gains)
     assert not lesson10.check_first_learnt(None, gains)
@@ -96,7 +101,8 @@ def test_tiny_trainer_learns_and_is_reproducible(classroom):
         runs.append((losses, [p.detach().clone() for p in trainer.unet.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-    assert sum(p.numel() for p in trainer.unet.parameters()) < sum(p.numel() for p in classroom.unet.parameters()) / 8
+    assert (sum(p.numel() for p in trainer.unet.parameters())
+            < sum(p.numel() for p in classroom.unet.parameters()) / 8)
     young = lesson10.trained_pipeline(trainer)
     assert young.unet is trainer.unet and young.vae is classroom.vae
     image = _draw(young, prompt="a red circle")

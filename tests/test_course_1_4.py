@@ -48,7 +48,8 @@ def test_check_x0(trace, capsys):
     assert "✓" in capsys.readouterr().out
     assert not lesson1.check_x0(trace.x0[s + 1], trace, s)  # another step
     assert not lesson1.check_x0(trace.latents[s], trace, s)  # the noisy latent itself
-    assert not lesson1.check_x0((trace.latents[s] - trace.noise_guided[s]) / math.sqrt(ab), trace, s)  # no sqrt(1 - ab)
+    # no sqrt(1 - ab)
+    assert not lesson1.check_x0((trace.latents[s] - trace.noise_guided[s]) / math.sqrt(ab), trace, s)
     assert not lesson1.check_x0(right[None], trace, s)  # wrong shape
     assert lesson1.check_x0(trace.x0[s], trace, s)  # the scheduler's own x0 (DDIM) is the same
     assert lesson1.check_x0(right.half(), trace, s)  # float16 rounding is not an error
@@ -68,7 +69,8 @@ def _word_totals(trace) -> list[float]:
     totals = []
     for w in range(len(trace.words)):
         idx = [i for i, t in enumerate(trace.tokens) if t.word == w]
-        per_layer = [trace.attn[l.name][:, :, idx].float().sum(2).mean(dim=(1, 2, 3)).sum() for l in trace.layers]
+        per_layer = [trace.attn[l.name][:, :, idx].float().sum(2).mean(dim=(1, 2, 3)).sum()
+                     for l in trace.layers]
         totals.append(float(torch.stack(per_layer).mean()))
     return totals
 
@@ -97,7 +99,8 @@ def test_check_guided(trace):
     right = trace.noise_uncond[s] + g * (trace.noise_cond[s] - trace.noise_uncond[s])
     assert lesson3.check_guided(right, trace, s)
     assert not lesson3.check_guided(trace.noise_cond[s], trace, s)
-    assert not lesson3.check_guided(trace.noise_cond[s] + g * (trace.noise_cond[s] - trace.noise_uncond[s]), trace, s)
+    assert not lesson3.check_guided(trace.noise_cond[s] + g * (trace.noise_cond[s] - trace.noise_uncond[s]),
+                                    trace, s)
     assert not lesson3.check_guided(right.flatten(), trace, s)
 
 
@@ -132,7 +135,8 @@ def test_check_seed_vs_word(seed_images, capsys):
     more = "seed" if right > 1 else "word"
     assert lesson4.check_seed_vs_word(right, same[0], edited, same[1], prediction=more)
     assert f"Your prediction '{more}' was close" in capsys.readouterr().out
-    assert lesson4.check_seed_vs_word(right, same[0], edited, same[1], prediction={"seed": "word"}.get(more, "seed"))
+    assert lesson4.check_seed_vs_word(right, same[0], edited, same[1],
+                                      prediction={"seed": "word"}.get(more, "seed"))
     assert "was off" in capsys.readouterr().out
     assert not lesson4.check_seed_vs_word(1 / right, same[0], edited, same[1])
 

@@ -35,8 +35,10 @@ def test_check_overshoot(trace, capsys):
     assert lesson3.overshoot(trace, s, real) == pytest.approx(right)
     assert lesson3.check_overshoot(right, trace, s, real, prediction=right * 1.1)
     assert "was close" in capsys.readouterr().out
-    assert not lesson3.check_overshoot(float(trace.x0[s].float().std()), trace, s, real)  # not divided by real
-    assert not lesson3.check_overshoot(float(trace.latents[s].float().std()) / real, trace, s, real)  # noisy latent
+    # not divided by real
+    assert not lesson3.check_overshoot(float(trace.x0[s].float().std()), trace, s, real)
+    # noisy latent
+    assert not lesson3.check_overshoot(float(trace.latents[s].float().std()) / real, trace, s, real)
     assert not lesson3.check_overshoot(None, trace, s, real)
 
 

@@ -20,7 +20,8 @@ def test_colour_shares_count_the_judged_colours():
 
 def test_effective_colours():
     assert lesson4.effective_colours({"red": 1.0, "blue": 0.0, "none": 0.0}) == pytest.approx(1)
-    assert lesson4.effective_colours({"red": 0.25, "blue": 0.25, "green": 0.5, "none": 0.5}) == pytest.approx(2 ** 1.5)
+    assert lesson4.effective_colours({"red": 0.25, "blue": 0.25, "green": 0.5, "none": 0.5}) == pytest.approx(
+        2 ** 1.5)
     assert lesson4.effective_colours({"red": 0.5, "blue": 0.5}) == pytest.approx(2)
 
 

@@ -24,7 +24,8 @@ def test_lesson5_top_attention(traced, capsys):
     right, wrong = tr.words[int(att.argmax())], tr.words[int(att.argmin())]
     assert lesson5.check_top_attention(right, tr, LEFT, prediction=right)
     assert "was close" in capsys.readouterr().out
-    assert lesson5.check_top_attention(right.upper() + " ", tr, LEFT, prediction=wrong)  # case and spaces do not matter
+    # case and spaces do not matter
+    assert lesson5.check_top_attention(right.upper() + " ", tr, LEFT, prediction=wrong)
     assert "was off" in capsys.readouterr().out
     assert not lesson5.check_top_attention(wrong, tr, LEFT)
     assert not lesson5.check_top_attention("dog", tr, LEFT)
@@ -72,7 +73,8 @@ def test_lesson7_two_object_outcome():
     prompt = "a large red circle left of a large blue square"
     red_circle, blue_square = Obj("circle", "red", "large"), Obj("square", "blue", "large")
     assert lesson7.two_object_outcome(prompt, _scene([red_circle, blue_square], "left of")) == "right"
-    assert lesson7.two_object_outcome(prompt, _scene([red_circle, blue_square], "left of", swap_places=True)) \
+    assert lesson7.two_object_outcome(prompt,
+                                      _scene([red_circle, blue_square], "left of", swap_places=True)) \
         == "relation wrong"
     swapped = [Obj("square", "red", "large"), Obj("circle", "blue", "large")]
     assert lesson7.two_object_outcome(prompt, _scene(swapped, "left of")) == "attributes swapped"
@@ -102,7 +104,8 @@ def test_lesson7_colourless_share():
     circle = lesson7.colourless_share("circle")
     assert ("orange", "circle") in HELD_OUT_COMBOS and circle["orange"] == 0
     assert abs(sum(circle.values()) - 1) < 1e-9
-    assert abs(circle["red"] - COLOURLESS_DISTRIBUTION["red"] / (1 - COLOURLESS_DISTRIBUTION["orange"])) < 1e-9
+    assert abs(circle["red"]
+               - COLOURLESS_DISTRIBUTION["red"] / (1 - COLOURLESS_DISTRIBUTION["orange"])) < 1e-9
     assert abs(circle["red"] - 0.579) < 0.001 and abs(circle["yellow"] - 0.053) < 0.001
 
 
@@ -187,8 +190,8 @@ def test_lesson8_largest_effect(capsys):
 
 
 def test_lesson8_drawn_right():
-    scene = data.make_scene([data.Obj("circle", "red", "large"), data.Obj("square", "blue", "large")], "left of",
-                            np.random.default_rng(0)).image
+    scene = data.make_scene([data.Obj("circle", "red", "large"), data.Obj("square", "blue", "large")],
+                            "left of", np.random.default_rng(0)).image
     assert lesson8.drawn_right("a red circle left of a blue square", scene)
     assert not lesson8.drawn_right("a red circle right of a blue square", scene)
 
@@ -218,8 +221,10 @@ def test_lesson9_split_words_and_resolutions(split_trace, capsys):
 
 def test_lesson9_heads_megabytes(sd_pipe, split_trace):
     tr = split_trace
-    right = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps, len(tr.tokens), heads=True)["attention"] / 1e6
-    mean = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps, len(tr.tokens))["attention"] / 1e6
+    right = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps, len(tr.tokens),
+                                   heads=True)["attention"] / 1e6
+    mean = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps,
+                                  len(tr.tokens))["attention"] / 1e6
     assert right > mean
     assert lesson9.check_heads_megabytes(right, sd_pipe, tr)
     assert not lesson9.check_heads_megabytes(mean, sd_pipe, tr)

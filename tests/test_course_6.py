@@ -13,8 +13,8 @@ from diffviz.course import lesson6
 def _scene(prompt: str, seed: int = 0) -> np.ndarray:
     """A training picture of ``prompt`` drawn by the data generator: its content is known."""
     objects, relation = data.parse_caption(prompt)
-    return data.make_scene([data.Obj(o["shape"], o["colour"], o["size"] or "large") for o in objects], relation,
-                           np.random.default_rng(seed)).image
+    return data.make_scene([data.Obj(o["shape"], o["colour"], o["size"] or "large") for o in objects],
+                           relation, np.random.default_rng(seed)).image
 
 
 def test_count_and_check_count(capsys):
@@ -33,7 +33,8 @@ def test_far_half_and_landed(capsys):
     assert box == (16, 0, 32, 32)
     assert not lesson6.lands_in(left, box, "square") and lesson6.lands_in(left, (0, 0, 16, 32), "square")
     right = _scene("a blue circle left of a red square")
-    assert lesson6.lands_in(right, box, "square", "red") and not lesson6.lands_in(right, box, "square", "blue")
+    assert (lesson6.lands_in(right, box, "square", "red")
+            and not lesson6.lands_in(right, box, "square", "blue"))
     with pytest.raises(ValueError, match="no triangle"):
         lesson6.far_half(left, "triangle")
     # one of two landed: "moved" (half); none of two: "did not move"

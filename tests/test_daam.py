@@ -38,11 +38,13 @@ def daam_word_maps(pipe, words: list[str], size: int) -> dict[str, torch.Tensor]
     """DAAM 0.2's word heat maps for PROMPT at ``size`` px, from a generation seeded 0."""
     sums: dict[str, torch.Tensor] = {}
     saved = dict(pipe.unet.attn_processors)
-    hooked = {k: DaamHooker(k, p, sums) if k.endswith("attn2.processor") and not k.startswith("mid_block") else p
+    hooked = {k: (DaamHooker(k, p, sums) if k.endswith("attn2.processor") and not k.startswith("mid_block")
+                  else p)
               for k, p in saved.items()}  # its locator: attn2 of the down and up blocks
     pipe.unet.set_attn_processor(hooked)
     try:
-        pipe(PROMPT, num_inference_steps=3, generator=torch.Generator().manual_seed(0), height=size, width=size)
+        pipe(PROMPT, num_inference_steps=3, generator=torch.Generator().manual_seed(0), height=size,
+             width=size)
     finally:
         pipe.unet.set_attn_processor(saved)
     x = 64 if size == 512 else 96  # latent_hw = 4096 if h == 512 else 9216

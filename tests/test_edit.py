@@ -38,7 +38,8 @@ def test_suppress_acts_only_at_the_chosen_steps_and_layers(sd_pipe, traced):
     base = traced[1]
     img, tr = edit.suppress(sd_pipe, PROMPT, ["red", "circle"], steps=[2, 3], layers="up", **KW)
     for l in base.layers:  # steps 0 and 1 are not edited: every layer as in the plain run
-        torch.testing.assert_close(tr.attn[l.name][:2].float(), base.attn[l.name][:2].float(), atol=2e-3, rtol=0)
+        torch.testing.assert_close(tr.attn[l.name][:2].float(), base.attn[l.name][:2].float(), atol=2e-3,
+                                   rtol=0)
         for word in ("red", "circle"):
             late = word_maps(tr, word, l.name)[2:]
             assert (late.abs().max() == 0) == l.name.startswith("up")  # other layers still see the word

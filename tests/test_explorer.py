@@ -85,8 +85,11 @@ def test_explore_is_a_widget_app_with_the_controls_and_a_figure_widget(app, head
 
 
 def test_every_control_says_what_it_does(app):
-    for control in (app.play, app.step, app.words, app.layers, app.heads, app.opacity, app.scale):
-        assert control.tooltip and len(control.tooltip) > 20, control.description
+    says = {app.play: "play", app.step: "step", app.words: "word", app.layers: "layers", app.heads: "head",
+            app.opacity: "heat map", app.scale: "colour"}  # each tooltip names what its control changes
+    for control, subject in says.items():
+        assert subject in control.tooltip.lower(), (control.description, control.tooltip)
+    assert len({c.tooltip for c in says}) == len(says)  # no tooltip copied onto another control
     assert len(app.scale.tooltips) == len(app.scale.options)
     assert "Ctrl-click" in app.words.tooltip
 

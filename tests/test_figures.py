@@ -72,7 +72,7 @@ def test_word_grid_has_one_panel_per_word_and_sums_a_repeated_word_as_word_heatm
 
 def test_word_grid_panels_grow_when_there_are_few_words(tr):
     two, eight = figures.word_grid(tr, ["red", "blue"]), figures.word_grid(tr, list(range(8)))
-    panel = lambda f: (f.layout.xaxis.domain[1] - f.layout.xaxis.domain[0]) * (f.layout.width - 120)  # noqa: E731
+    panel = lambda f: (f.layout.xaxis.domain[1] - f.layout.xaxis.domain[0]) * (f.layout.width - 120)
     assert panel(two) >= 280 and panel(eight) >= 160 and two.layout.height >= 300
 
 
@@ -264,7 +264,8 @@ def test_figures_work_on_a_trace_loaded_from_disk(tr, tmp_path):
 def test_figures_run_on_one_thread_and_restore_torchs_thread_count(tr, monkeypatch):
     seen = []
     real = heatmap.word_share
-    monkeypatch.setattr(heatmap, "word_share", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    monkeypatch.setattr(heatmap, "word_share",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     torch.set_num_threads(2)  # conftest runs the suite on 1 thread: start from another count
     try:
         figures.word_mass(tr)

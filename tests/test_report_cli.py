@@ -6,6 +6,7 @@ import dataclasses
 import importlib.metadata
 import re
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -54,12 +55,12 @@ def test_report_is_one_offline_html_file_with_the_main_figures(tr, tmp_path):
 
 
 def test_long_runs_are_animated_with_at_most_25_evenly_spaced_steps():
-    from diffviz.viz.report import _frame_steps
+    from diffviz.viz.html_report import _frame_steps
 
     assert _frame_steps(25) is None
     frames = _frame_steps(50)
     assert len(frames) == 25 and frames[0] == 0 and frames[-1] == 49
-    assert max(b - a for a, b in zip(frames, frames[1:])) <= 3
+    assert max(b - a for a, b in pairwise(frames)) <= 3
 
 
 def test_report_escapes_the_prompt_and_skips_guidance_without_it(tr, tmp_path):
@@ -82,11 +83,14 @@ def test_a_prompt_of_58_distinct_words_gets_a_report(sd_pipe, tmp_path):
 
 
 def test_a_classroom_report_shows_the_judges_verdict(tmp_path):
-    """The judge reads the trace's image: here a drawn scene that swaps the asked shapes."""
+    """The judge reads the trace's image (here drawn scenes, one swapping the asked shapes); the report
+    shows what it is handed (`notes`) and knows no judge itself; `diffviz report --judge` and `explain` on
+    the classroom model hand it the verdict."""
     import numpy as np
     import torch
 
     from diffviz.classroom import data
+    from diffviz.classroom.judge import describe
 
     pipe = diffviz.classroom.load_pipeline()
     with diffviz.trace(pipe) as run:
@@ -96,15 +100,21 @@ def test_a_classroom_report_shows_the_judges_verdict(tmp_path):
     objects = [data.Obj("square", "red", "large"), data.Obj("circle", "blue", "large")]
     scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
     swapped = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
-    page = diffviz.report(swapped, tmp_path / "v.html").read_text(encoding="utf-8")
-    assert f"<td>judge</td><td>✗ drawn: a red square left of a blue circle; asked: {PROMPT}</td>" in page
+    verdict = describe(PROMPT, scene.image)
+    assert verdict == f"✗ drawn: a red square left of a blue circle; asked: {PROMPT}"
+    page = diffviz.report(swapped, tmp_path / "v.html", notes={"judge": verdict}).read_text(encoding="utf-8")
+    assert f"<td>judge</td><td>{verdict}</td>" in page
     objects = [data.Obj("circle", "red", "small"), data.Obj("square", "blue", "large")]
     scene = data.make_scene(objects, "left of", np.random.default_rng(0), image_size=side)
-    right = dataclasses.replace(tr, image=torch.from_numpy(scene.image))
-    page = diffviz.report(right, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert f"<td>judge</td><td>✓ drawn as asked: {PROMPT}</td>" in page
-    tiny = diffviz.report(dataclasses.replace(tr, model={"name": "other/model"}), tmp_path / "o.html")
-    assert "<td>judge</td>" not in tiny.read_text(encoding="utf-8")
+    assert describe(PROMPT, scene.image) == f"✓ drawn as asked: {PROMPT}"
+    assert describe("a cat on a mat", scene.image) is None  # outside the classroom grammar
+    plain = diffviz.report(swapped, tmp_path / "o.html")
+    assert "<td>judge</td>" not in plain.read_text(encoding="utf-8")
+    swapped.save(tmp_path / "v.dvz")
+    assert main(["report", str(tmp_path / "v.dvz"), "--judge", "-q"]) == 0
+    assert f"<td>judge</td><td>{verdict}</td>" in (tmp_path / "v.html").read_text(encoding="utf-8")
+    assert main(["explain", PROMPT, "--steps", "2", "-q", "--out", str(tmp_path / "e.html")]) == 0
+    assert "<td>judge</td><td>" in (tmp_path / "e.html").read_text(encoding="utf-8")
 
 
 def test_explain_generates_traces_and_reports(model_dir, tmp_path, capsys):

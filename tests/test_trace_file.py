@@ -36,7 +36,8 @@ def test_metadata_is_json_with_a_format_version(traced, tmp_path):
     meta = json.loads(json.loads(path.read_bytes()[8:8 + header_len])["__metadata__"]["diffviz"])
     assert meta["format"] == "diffviz-trace" and meta["format_version"] == 2
     assert meta["diffviz_version"] == diffviz.__version__ and meta["prompt"] == tr.prompt
-    assert meta["model"]["config_sha256"] and meta["model"]["family"] == "sd" and meta["scheduler"]["name"] == "DDIMScheduler"
+    assert (meta["model"]["config_sha256"] and meta["model"]["family"] == "sd"
+            and meta["scheduler"]["name"] == "DDIMScheduler")
 
 
 def test_truncated_file_is_refused(traced, tmp_path):
@@ -62,7 +63,8 @@ def _rewrite_meta(path, change):
     from safetensors.torch import save_file
 
     with safe_open(str(path), "pt") as f:
-        meta, tensors = json.loads(f.metadata()["diffviz"]), {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()["diffviz"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (a safe_open handle is not iterable)
     change(meta)
     save_file(tensors, str(path), metadata={"diffviz": json.dumps(meta)})
 
@@ -140,7 +142,8 @@ def saved_bytes(traced, tmp_path_factory):
 
 def test_damaged_files_raise_only_trace_file_error(saved_bytes, tmp_path_factory):
     """Hypothesis fuzz (a few hundred cases, fixed seed): truncated, bit-flipped, spliced and
-    header-edited copies of a real trace are refused with TraceFileError or load intact, never another error."""
+    header-edited copies of a real trace are refused with TraceFileError or load intact, never another
+    error."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

@@ -14,15 +14,14 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
-from ..trace import Layers, select_layers
+from ..select import Layers, select_layers
 from .families import CaptureError, Family, family_of
-from .processor import Edit, Sink, is_ours
+from .processor import Edit, SelfAttention, Sink, is_ours
 from .recorder import DEFAULT_MAX_BYTES, Capture, Recorder
 
 
 def _default_layers(family: Family):
-    h, w = family.default_size()
-    return family.layers((h // family.vae_scale, w // family.vae_scale))
+    return family.layers(family.latent_grid())
 
 
 @contextmanager
@@ -32,7 +31,8 @@ def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, laye
     """Install diffviz's processor on the prompt-reading layers picked by ``layers`` (the layer selector;
     resolutions at the model's default image size); yields their names. ``edit(layer, probs)`` changes
     the attention on ``edit_layers`` (default: all of them). ``self_layers``: self-attention modules
-    that hand the sink their query and image keys too. On exit every processor is set back.
+    that hand the sink their query and image keys too (``sink.keep_self``). On exit every processor is
+    set back.
 
     A processor diffviz did not write is kept working (wrapped) where nothing is edited; an edit
     refuses (CaptureError) a layer whose processor it would replace with different maths. ``family``: the
@@ -49,8 +49,11 @@ def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, laye
     replaced = {}
     for key, proc in saved.items():
         name = key.removesuffix(".processor")
-        if name in names or name in self_layers:
+        if name in names:
             replaced[key] = family.processor(name, proc, sink, edit if name in editing else None)
+        elif name in self_layers:  # only the image's self-attention (a joint layer tells the two apart)
+            own = sink if family.joint or sink is None else SelfAttention(sink)
+            replaced[key] = family.processor(name, proc, own, None)
         else:
             replaced[key] = proc
     try:
@@ -89,15 +92,15 @@ def _check_selector(family: Family, layers: Layers) -> None:
 def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
               tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
               edit_layers: Sequence[str] | None = None,
-              queries: Sequence[Sequence[float]] | None = None) -> Iterator[Recorder]:
-    """``trace`` for diffviz's own callers (the edits): yields the Recorder itself."""
+              queries: Sequence[Sequence[float]] | None = None, softmax_over: str = "text",
+              family: Family | None = None) -> Iterator[Recorder]:
+    """``trace`` for diffviz's own callers (the edits): yields the Recorder itself. ``family``: the run's
+    adapter when the caller made it already (one per run; it holds the run's facts)."""
     rec = Recorder(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
-                   queries=queries)
+                   queries=queries, softmax_over=softmax_over, family=family)
     family = rec.family
     _check_selector(family, layers)
-    h, w = family.default_size()
-    latent = (h // family.vae_scale, w // family.vae_scale)
-    own = [l.name for l in family.self_layers(latent)] if queries else []
+    own = [l.name for l in family.self_layers(family.latent_grid())] if queries else []
     if queries and not own:
         raise CaptureError(f"this {type(pipe).__name__} has no self-attention (image to image) layers, so "
                            "there is nothing for queries= to show (the classroom model's attn1 reads the "
@@ -123,7 +126,7 @@ def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool 
 @contextmanager
 def trace(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False, tokens: str = "prompt",
           max_bytes: int = DEFAULT_MAX_BYTES, edit: Edit | None = None,
-          queries: Sequence[Sequence[float]] | None = None) -> Iterator[Capture]:
+          queries: Sequence[Sequence[float]] | None = None, softmax_over: str = "text") -> Iterator[Capture]:
     """Record the next generation of ``pipe``; yields its ``Capture`` (one Trace per image, see there).
 
     ``layers``: prompt-reading layers to capture, by the layer selector: module path or a part of one at
@@ -135,7 +138,12 @@ def trace(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = Fa
     the trace then records the edited attention. ``queries``: pixels (x, y) or boxes (x0, y0, x1, y1) in
     image pixels whose self-attention (where they look in the image) to keep, in every self-attention
     layer and step; only those rows are computed, never the whole image-by-image matrix.
+    ``softmax_over``: on joint attention (SD3, Flux: one softmax over image and text keys), "text" (the
+    default) stores each pixel's attention renormalised over the prompt's tokens, so it sums to 1 as a
+    cross-attention map of SD or PixArt does and maps compare across families; "all" stores each token's
+    raw share of the whole softmax (a pixel that mostly attends to the image gives every word little).
+    Cross-attention families give the same maps either way.
     """
     with recording(pipe, layers=layers, heads=heads, uncond=uncond, tokens=tokens, max_bytes=max_bytes,
-                   edit=edit, queries=queries) as rec:
+                   edit=edit, queries=queries, softmax_over=softmax_over) as rec:
         yield rec.capture

@@ -2,10 +2,13 @@
 
 In joint attention the image and text tokens are one sequence and one softmax runs over all keys. A word
 map is the image-query rows and text-key columns of it. diffviz stores them **renormalised over the text
-keys**: ``p_text = softmax over the text keys of q . k * scale`` for each image query, so every pixel's
-attention over the prompt sums to 1, which is what a cross-attention map of Stable Diffusion means, and
-maps of SD, SD3, Flux and PixArt read the same way. It needs only the [image x text] scores: the
-[image x image] block, 4096 x 4096 per head and layer at 1024 px, is never computed by the capture.
+keys** by default (``diffviz.trace(pipe, softmax_over="text")``): ``p_text = softmax over the text keys
+of q . k * scale`` for each image query, so every pixel's attention over the prompt sums to 1, which is
+what a cross-attention map of Stable Diffusion means, and maps of SD, SD3, Flux and PixArt read the same
+way. It needs only the [image x text] scores: the [image x image] block, 4096 x 4096 per head and layer
+at 1024 px, is never computed by the capture. ``softmax_over="all"`` stores the raw share instead,
+``text_mass * p_text`` (below): a pixel that mostly attends to the image gives every word little, so
+maps weigh the pixels that read the prompt most; it is what a tool that slices the full softmax shows.
 
 The softmax over *all* keys restricted to the text columns is ``text_mass * p_text``, where
 ``text_mass = exp(lse_text - lse_all)`` is the share of a pixel's attention that goes to the prompt at
@@ -47,6 +50,15 @@ def text_mass(query: torch.Tensor, key_image: torch.Tensor, key_text: torch.Tens
     lse_text = text_scores(query, key_text, scale).logsumexp(-1)
     lse_all = torch.logaddexp(lse_text, logsumexp(query, key_image, scale))
     return (lse_text - lse_all).exp()
+
+
+def keep(sink, layer: str, attn, query: torch.Tensor, key_image: torch.Tensor, key_text: torch.Tensor,
+         probs: torch.Tensor | None) -> None:
+    """Hand ``sink`` a joint layer's image queries [b, head, q, d] and text keys [b, head, text, d] (or the
+    edited ``probs``), with each query's ``text_mass`` when the sink stores shares of the softmax over
+    all keys (``softmax_over="all"``)."""
+    mass = text_mass(query, key_image, key_text, attn.scale) if sink.softmax_over == "all" else None
+    sink.keep(layer, attn, query, key_text, probs, mass)
 
 
 def edited(out_image: torch.Tensor, query: torch.Tensor, key_image: torch.Tensor, key_text: torch.Tensor,

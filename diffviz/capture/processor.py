@@ -28,10 +28,26 @@ Edit = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class Sink(Protocol):
+    softmax_over: str  # "text" or "all": see diffviz.trace; joint processors then hand ``text_mass`` too
+
     def wants(self, layer: str) -> bool: ...
 
     def keep(self, layer: str, attn: Attention, query: torch.Tensor, key: torch.Tensor,
-             probs: torch.Tensor | None) -> None: ...
+             probs: torch.Tensor | None, text_mass: torch.Tensor | None = None) -> None: ...
+
+    def wants_self(self, layer: str) -> bool: ...
+
+    def keep_self(self, layer: str, attn: Attention, query: torch.Tensor, key: torch.Tensor) -> None: ...
+
+
+def qk_norm(attn, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's query and key norms (RMS / layer norm per head, in SD3, Flux and some U-Nets), where it
+    has them, applied to ``[..., d]`` head-split projections as diffusers' processors apply them."""
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key
 
 
 def split_heads(attn, query: torch.Tensor, key: torch.Tensor,
@@ -40,11 +56,7 @@ def split_heads(attn, query: torch.Tensor, key: torch.Tensor,
     (as diffusers' SDPA processors do, op for op)."""
     b, head_dim = query.shape[0], key.shape[-1] // attn.heads
     query, key, value = (x.view(b, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    return query, key, value
+    return *qk_norm(attn, query, key), value
 
 
 class CrossAttnProcessor:
@@ -154,11 +166,7 @@ class Wrapped:
             text = attn.norm_encoder_hidden_states(text)
         query = attn.to_q(hidden).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
         key = attn.to_k(text).unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        return query, key
+        return qk_norm(attn, query, key)
 
 
 def wrap(layer: str, original, sink: Sink | None) -> Wrapped:
@@ -173,6 +181,50 @@ def wrap(layer: str, original, sink: Sink | None) -> Wrapped:
     __call__.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
     cls = type(f"Wrapped{type(original).__name__}", (Wrapped,), {"__call__": __call__})
     return cls(layer, original, sink)
+
+
+# processors that compute plain softmax attention: an edit may replace them (it computes the same maths)
+PLAIN = {"AttnProcessor", "AttnProcessor2_0", "SlicedAttnProcessor", "XFormersAttnProcessor",
+         "AttnProcessorNPU", "FusedAttnProcessor2_0"}
+
+
+def cross_attention(layer: str, original, sink: Sink | None, edit: Edit | None):
+    """The processor for a cross-attention module (SD's U-Net, PixArt) in place of ``original``: ours where
+    it computes what ``original`` did, else ``original`` wrapped; an edit refuses (CaptureError) a
+    processor that changes the attention in its own way."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from .families.base import CaptureError
+
+    if edit is None:
+        if type(original) is AttnProcessor2_0:  # computed inline: the maps cost no extra projection
+            return CrossAttnProcessor(layer, sink)
+        return wrap(layer, original, sink)
+    cls = type(original)
+    if cls.__name__ in PLAIN and cls.__module__.startswith("diffusers."):
+        return CrossAttnProcessor(layer, sink, edit)
+    raise CaptureError(
+        f"layer {layer!r} runs a {cls.__name__}, which changes the attention in its own way: an edit would "
+        "replace it and silently drop its effect. Edit other layers (layers=...), or remove it first (e.g. "
+        "pipe.unload_ip_adapter(), or pipe.unet.set_default_attn_processor())."
+    )
+
+
+class SelfAttention:
+    """The sink a self-attention module's processor gets (U-Net and PixArt ``attn1``): what it keeps, its
+    query and the image keys, goes to the recorder's self-attention maps."""
+
+    softmax_over = "text"
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def wants(self, layer: str) -> bool:
+        return self.sink.wants_self(layer)
+
+    def keep(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor, probs=None,
+             text_mass=None) -> None:
+        self.sink.keep_self(layer, attn, query, key)
 
 
 def is_ours(processor) -> bool:

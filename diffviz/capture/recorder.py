@@ -24,14 +24,15 @@ import torch
 from .. import __version__
 from ..decode import fit_preview, to_uint8
 from ..regions import pool, region_mask
-from ..trace import Layer, Layers, Trace, select_layers
+from ..select import Layers, select_layers
+from ..traces import Layer, Trace
 from .families import CaptureError, Family, PromptTokens, family_of
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 TOKEN_MODES = ("prompt", "special", "all")
 ATTN_DTYPE = torch.float16  # probabilities in [0, 1]: 3 significant digits are plenty, half the bytes
-ONE_PER_BLOCK = ("this trace already holds a generation; open a new `with diffviz.trace(pipe) as trace:` block "
-                 "for each pipeline call.")
+ONE_PER_BLOCK = ("this trace already holds a generation; open a new "
+                 "`with diffviz.trace(pipe) as trace:` block for each pipeline call.")
 
 
 def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int, layers: Sequence[Layer],
@@ -56,12 +57,12 @@ def estimate_bytes(pipe, height: int | None = None, width: int | None = None, nu
     number of stored tokens per image (a prompt's word tokens unless tokens='all'); ``images`` per call;
     ``queries`` self-attention queries (``trace(pipe, queries=...)``)."""
     family = family_of(pipe)
-    h, w = family.default_size()
-    latent = ((height or h) // family.vae_scale, (width or w) // family.vae_scale)
+    latent = family.latent_grid(height, width)
     picked = family.layers(latent)
     names = set(select_layers(picked, layers, what="prompt-reading layer"))
-    return _estimate(family, latent, num_inference_steps, n_tokens * images, [l for l in picked if l.name in names],
-                     heads, uncond, images, queries, family.self_layers(latent) if queries else ())
+    return _estimate(family, latent, num_inference_steps, n_tokens * images,
+                     [l for l in picked if l.name in names], heads, uncond, images, queries,
+                     family.self_layers(latent) if queries else ())
 
 
 class _Image:
@@ -107,8 +108,9 @@ class Capture:
     def traces(self) -> list[Trace]:
         if self._traces is None:
             if self.state not in ("done", "stopped"):
-                raise CaptureError(f"this trace is empty (state {self.state!r}): no generation has run in its "
-                                   "`with diffviz.trace(pipe)` block yet; call the pipeline inside the block.")
+                raise CaptureError(f"this trace is empty (state {self.state!r}): no generation has run "
+                                   "in its `with diffviz.trace(pipe)` block yet; call the pipeline "
+                                   "inside the block.")
             self._traces = self._recorder.build()
         return self._traces
 
@@ -146,18 +148,27 @@ class Recorder:
 
     def __init__(self, pipe, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
                  tokens: str = "prompt", max_bytes: int = DEFAULT_MAX_BYTES,
-                 queries: Sequence[Sequence[float]] | None = None):
+                 queries: Sequence[Sequence[float]] | None = None, softmax_over: str = "text",
+                 family: Family | None = None):
         if tokens not in TOKEN_MODES:
             raise ValueError(f"tokens must be one of {TOKEN_MODES}, not {tokens!r}.")
+        if softmax_over not in ("text", "all"):
+            raise ValueError(f'softmax_over must be "text" (maps renormalised over the prompt\'s tokens) or '
+                             f'"all" (the share of the softmax over image and text keys), '
+                             f'not {softmax_over!r}.')
+        self.softmax_over = softmax_over
         self.queries = [[float(v) for v in q] for q in queries or []]
         if any(len(q) not in (2, 4) for q in self.queries):
-            raise ValueError(f"queries are pixels (x, y) or boxes (x0, y0, x1, y1) in image pixels, got {queries!r}.")
+            raise ValueError(f"queries are pixels (x, y) or boxes (x0, y0, x1, y1) in image pixels, "
+                             f"got {queries!r}.")
         self.self_sizes: dict[str, tuple[int, int]] = {}  # self-attention layers captured -> query grid
-        self.pipe, self.family = pipe, family_of(pipe)
+        self.pipe, self.family = pipe, family or family_of(pipe)  # the run's one adapter
         self.heads, self.uncond, self.tokens_mode, self.max_bytes = heads, uncond, tokens, max_bytes
-        self.options = {"layers": layers, "heads": heads, "uncond": uncond, "tokens": tokens}
+        self.options = {"layers": layers, "heads": heads, "uncond": uncond, "tokens": tokens,
+                        "softmax_over": softmax_over}
         self.state = "waiting"  # -> "running" at the first denoiser call -> "done" after the last step
-        self.ids: list[list[torch.Tensor]] = [[] for _ in self.family.text_encoders()]  # per encoder, per call
+        # per encoder, per call
+        self.ids: list[list[torch.Tensor]] = [[] for _ in self.family.text_encoders()]
         self.pending: dict[tuple, list] = defaultdict(list)  # this step's q/k (or probs) per shape group
         self.sizes: dict[str, tuple[int, int]] = {}  # captured layers -> query grid
         self.capture = Capture(self)
@@ -190,20 +201,25 @@ class Recorder:
                 img.noise_uncond.append(uncond[i].detach())
 
     def wants(self, layer: str) -> bool:
-        return self.state == "running" and (layer in self.sizes or layer in self.self_sizes)
+        """Whether ``layer``'s prompt attention is captured now."""
+        return self.state == "running" and layer in self.sizes
+
+    def wants_self(self, layer: str) -> bool:
+        """Whether ``layer``'s image self-attention (rows of the chosen queries) is captured now."""
+        return self.state == "running" and layer in self.self_sizes
 
     def keep(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor,
-             probs: torch.Tensor | None) -> None:
+             probs: torch.Tensor | None, text_mass: torch.Tensor | None = None) -> None:
         """Called by each processor with q [b, head, query, dim], k [b, head, token, dim] (or the
-        edited probs). Only references are kept: no torch call here, the maths waits for the step end."""
+        edited probs), and for joint attention with softmax_over="all" the share of each query's attention
+        that goes to the text [b, head, query]. Only references are kept: no torch call here, the maths
+        waits for the step end."""
         if not self.wants(layer):
             return
-        if layer in self.self_sizes:
-            self._keep_self(layer, attn, query, key)
-        elif probs is not None:
-            self.pending[("probs", probs.shape)].append((layer, probs, None))
+        if probs is not None:
+            self.pending[("probs", probs.shape)].append((layer, probs, text_mass))
         else:
-            self.pending[(query.shape, key.shape, attn.scale)].append((layer, query, key))
+            self.pending[(query.shape, key.shape, attn.scale)].append((layer, query, key, text_mass))
         if self.family.maps_per_layer:
             self._attention_of_step()
 
@@ -247,8 +263,8 @@ class Recorder:
         batch = sample.shape[0] // (2 if self.cfg else 1)
         n_prompts = self.ids[0][0].shape[0]
         if batch % n_prompts:
-            raise CaptureError(f"the denoiser sees {batch} images for {n_prompts} prompts; diffviz cannot tell "
-                               "which image belongs to which prompt.")
+            raise CaptureError(f"the denoiser sees {batch} images for {n_prompts} prompts; diffviz cannot "
+                               "tell which image belongs to which prompt.")
         per_prompt = batch // n_prompts
         prompts = [family.read_prompt(self.ids, p) for p in range(n_prompts)]
         self.images = [_Image(prompts[i // per_prompt], prompts[i // per_prompt].positions(self.tokens_mode),
@@ -267,10 +283,11 @@ class Recorder:
         if est["total"] > self.max_bytes:
             mib = {k: v / 2**20 for k, v in est.items()}
             raise CaptureError(
-                f"this capture would hold about {mib['total']:.0f} MiB (attention {mib['attention']:.0f} MiB, "
-                f"latents {mib['latents']:.0f} MiB), over max_bytes={self.max_bytes / 2**20:.0f} MiB. Reduce it: "
-                f"heads=False (head mean), layers={self.layers[-1].block or self.layers[-1].name!r} (fewer layers), uncond=False, tokens='prompt', "
-                "fewer steps, fewer images or a smaller image; or raise max_bytes."
+                f"this capture would hold about {mib['total']:.0f} MiB "
+                f"(attention {mib['attention']:.0f} MiB, latents {mib['latents']:.0f} MiB), "
+                f"over max_bytes={self.max_bytes / 2**20:.0f} MiB. Reduce it: heads=False (head mean), "
+                f"layers={self.layers[-1].block or self.layers[-1].name!r} (fewer layers), uncond=False, "
+                "tokens='prompt', fewer steps, fewer images or a smaller image; or raise max_bytes."
             )
         self.sizes = {l.name: l.size for l in self.layers}
         self.self_layers = family.self_layers(self.latent) if self.queries else []
@@ -284,9 +301,7 @@ class Recorder:
                     region_mask(tuple(q), *self.pixels)
                 except ValueError as err:
                     raise CaptureError(str(err)) from None
-        timesteps = sched.timesteps.detach().cpu()  # one host sync per generation, none per step
-        first = (timesteps == torch.as_tensor(t).cpu()).nonzero()
-        self.expected_steps = len(timesteps) - (int(first[0]) if len(first) else 0)
+        self.expected_steps = len(sched.timesteps) - first_step(sched, t)
         self.t: list = []
         # rows of the batch the maps need: the conditional ones, and the unconditional ones on request
         rows = sorted({r for img in self.images for r in (img.cond, img.uncond if self.uncond else None)
@@ -305,9 +320,11 @@ class Recorder:
             if group[0] == "probs":
                 probs = torch.stack([p[rows] for _, p, _ in items]).transpose(-1, -2)
             else:  # the needed rows before stacking: half the copying under guidance
-                q = torch.stack([q[rows] for _, q, _ in items])
-                k = torch.stack([k[rows] for _, _, k in items])
+                q = torch.stack([q[rows] for _, q, *_ in items])
+                k = torch.stack([k[rows] for _, _, k, _ in items])
                 probs = ((k @ q.transpose(-1, -2)).float() * group[2]).softmax(-2)  # over the tokens
+            if items[0][-1] is not None:  # softmax_over="all": the raw share, text_mass * p_text
+                probs = probs * torch.stack([m[rows] for *_, m in items]).unsqueeze(-2)
             names = tuple(name for name, *_ in items)
             for img in self.images:
                 picked = [where[img.cond]] if not self.uncond or img.uncond is None else [where[img.uncond],
@@ -339,9 +356,12 @@ class Recorder:
             self._selections[(size, device)] = (cells.to(device), weights.to(device))
         return self._selections[(size, device)]
 
-    def _keep_self(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Self-attention rows of the chosen queries only: [query cells, keys] per head, never the
-        whole [keys, keys] matrix; averaged over each query's cells."""
+    def keep_self(self, layer: str, attn, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Self-attention of the image: q [b, head, query, dim] and the image keys k [b, head, key, dim].
+        Only the rows of the chosen queries are computed ([query cells, keys] per head, never the whole
+        [keys, keys] matrix; softmax over the image keys), averaged over each query's cells."""
+        if not self.wants_self(layer):
+            return
         cells, weights = self._selection(self.self_sizes[layer], query.device)
         rows = [img.cond for img in self.images]
         q, k = query[rows][:, :, cells], key[rows]
@@ -378,7 +398,7 @@ class Recorder:
 
     def build(self) -> list[Trace]:
         """One Trace per image (one move to the CPU per tensor); drops the device references."""
-        cpu = lambda xs: torch.stack(xs).cpu()  # noqa: E731
+        cpu = lambda xs: torch.stack(xs).cpu()
         t = torch.stack([torch.as_tensor(x, dtype=torch.float32).reshape(()).cpu() for x in self.t])
         alpha_bar, sigma = self.family.schedule(t)
         sched = self.pipe.scheduler
@@ -395,22 +415,36 @@ class Recorder:
             kept = [l for l in self.layers if l.name in attn]
             tokens = {tok.position: tok for tok in img.prompt.tokens}
             traces.append(Trace(
-                prompt=img.prompt.prompt, negative_prompt=img.prompt.negative_prompt, words=list(img.prompt.words),
-                tokens=[tokens[p] for p in img.positions], layers=kept, height=self.pixels[0], width=self.pixels[1],
-                guidance_scale=self.family.guidance_scale() if self.cfg else 1.0, timesteps=t, alpha_bar=alpha_bar,
-                sigma=sigma, latents=latents, x0=cpu(img.x0), noise_cond=cpu(img.noise_cond),
+                prompt=img.prompt.prompt, negative_prompt=img.prompt.negative_prompt,
+                words=list(img.prompt.words), tokens=[tokens[p] for p in img.positions], layers=kept,
+                height=self.pixels[0], width=self.pixels[1],
+                guidance_scale=self.family.guidance_scale() if self.cfg else 1.0, timesteps=t,
+                alpha_bar=alpha_bar, sigma=sigma, latents=latents, x0=cpu(img.x0),
+                noise_cond=cpu(img.noise_cond),
                 noise_uncond=cpu(img.noise_uncond) if self.cfg else None,
                 attn={l.name: attn[l.name] for l in kept},
                 attn_uncond={l.name: attn_uncond[l.name] for l in kept if l.name in attn_uncond},
                 image=None if img.image is None else img.image.cpu(), preview_weight=preview, model=model,
                 queries=[list(q) for q in self.queries],
                 self_layers=[l for l in self.self_layers if l.name in img.self_maps],
-                self_attn={l.name: cpu(img.self_maps[l.name]) for l in self.self_layers if l.name in img.self_maps},
+                self_attn={l.name: cpu(img.self_maps[l.name])
+                           for l in self.self_layers if l.name in img.self_maps},
                 scheduler=scheduler, options=options | ({"image": i, "images": len(self.images)}
                                                         if len(self.images) > 1 else {}),
             ))
         self.images = []  # drop the device references
         return traces
+
+
+def first_step(scheduler, t) -> int:
+    """Index into ``scheduler.timesteps`` of the first step a generation runs, whose denoiser input had
+    timestep ``t``: the scheduler's begin index when the pipeline set one (image-to-image), else the
+    nearest timestep (the denoiser may see it rounded, e.g. in bfloat16). One host sync per generation."""
+    begin = getattr(scheduler, "begin_index", None)
+    if begin is not None:
+        return int(begin)
+    timesteps = scheduler.timesteps.detach().cpu().double()
+    return int((timesteps - float(torch.as_tensor(t).float())).abs().argmin())
 
 
 def _plain(config: dict) -> dict:

@@ -39,7 +39,8 @@ RELATIONS = ("left of", "right of", "above", "below")
 HELD_OUT_COMBOS = frozenset({("blue", "triangle"), ("orange", "circle"), ("purple", "square")})
 # When a caption leaves the colour out ("a circle"), the colour is drawn from this skewed distribution,
 # so "a circle" comes out red most of the time: a bias inherited from the data.
-COLOURLESS_DISTRIBUTION = {"red": 0.55, "blue": 0.2, "green": 0.1, "yellow": 0.05, "purple": 0.05, "orange": 0.05}
+COLOURLESS_DISTRIBUTION = {"red": 0.55, "blue": 0.2, "green": 0.1, "yellow": 0.05, "purple": 0.05,
+                           "orange": 0.05}
 # How often a training caption names the colour / the size of an object.
 P_COLOUR_NAMED = 0.85
 P_SIZE_NAMED = 0.5
@@ -114,7 +115,8 @@ def parse_caption(caption: str) -> tuple[list[dict], str | None]:
     """
     m = _CAPTION.match(" ".join(caption.lower().split()))
     if not m:
-        raise ValueError(f"{caption!r} is not in the classroom grammar, e.g. 'a large red circle left of a blue square'")
+        raise ValueError(f"{caption!r} is not in the classroom grammar, "
+                         "e.g. 'a large red circle left of a blue square'")
     size1, colour1, shape1, relation, size2, colour2, shape2 = m.groups()
     objects = [dict(shape=shape1, colour=colour1, size=size1)]
     if relation:
@@ -138,7 +140,7 @@ def word_objects(caption: str) -> list[tuple[str, int | None]]:
 
 
 def object_side(size: str, image_size: int = IMAGE_SIZE) -> int:
-    return int(round(SIZES[size] * image_size))
+    return round(SIZES[size] * image_size)
 
 
 def shape_mask(shape: str, side: int, x0: float, y0: float, image_size: int = IMAGE_SIZE,
@@ -204,10 +206,12 @@ def random_object(rng: np.random.Generator) -> Obj:
 
 def place(objects: list[Obj], relation: str | None, rng: np.random.Generator,
           image_size: int = IMAGE_SIZE, tries: int = 200) -> list[tuple[int, int]] | None:
-    """Random non-overlapping top-left corners for ``objects`` that satisfy ``relation``; None if none found."""
+    """Random non-overlapping top-left corners for ``objects`` that satisfy ``relation``; None if none
+    found."""
     sides = [object_side(o.size, image_size) for o in objects]
     for _ in range(tries):
-        boxes = [(int(rng.integers(0, image_size - s + 1)), int(rng.integers(0, image_size - s + 1))) for s in sides]
+        boxes = [(int(rng.integers(0, image_size - s + 1)), int(rng.integers(0, image_size - s + 1)))
+                 for s in sides]
         if len(objects) == 1:
             return boxes
         (xa, ya), (xb, yb) = boxes
@@ -215,7 +219,8 @@ def place(objects: list[Obj], relation: str | None, rng: np.random.Generator,
         gap = 1  # at least one background pixel between the boxes on the relation's axis
         ca, cb = (xa + sa / 2, ya + sa / 2), (xb + sb / 2, yb + sb / 2)
         horizontal = relation in ("left of", "right of")
-        apart = (xa + sa + gap <= xb or xb + sb + gap <= xa) if horizontal else (ya + sa + gap <= yb or yb + sb + gap <= ya)
+        apart = ((xa + sa + gap <= xb or xb + sb + gap <= xa) if horizontal
+                 else (ya + sa + gap <= yb or yb + sb + gap <= ya))
         if apart and _relation_holds(relation, ca, cb, margin=(sa + sb) / 2):
             return boxes
     return None
@@ -251,7 +256,8 @@ def random_scene(rng: np.random.Generator, exclude: frozenset[str] = frozenset()
         return Scene(objects, relation, image, masks, centres)
 
 
-def scenes(seed: int, n: int, exclude: frozenset[str] = frozenset(), image_size: int = IMAGE_SIZE) -> list[Scene]:
+def scenes(seed: int, n: int, exclude: frozenset[str] = frozenset(),
+           image_size: int = IMAGE_SIZE) -> list[Scene]:
     """``n`` scenes, a pure function of ``seed``."""
     rng = np.random.default_rng(seed)
     return [random_scene(rng, exclude, image_size) for _ in range(n)]

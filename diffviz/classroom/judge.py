@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import BACKGROUND, COLOURS, SHAPES, SIZES, parse_caption, shape_mask
+from .data import BACKGROUND, COLOURS, RELATIONS, SHAPES, SIZES, parse_caption, shape_mask, word_objects
 
 MAX_COLOUR_DISTANCE = 70.0  # RGB distance beyond which a pixel belongs to no palette colour
 MIN_OBJECT_FRACTION = 0.012  # regions smaller than this share of the image are noise (12 px at 32x32)
@@ -137,3 +137,76 @@ def judge(prompt: str, image) -> dict:
     correct = count_ok and objects_ok and relation_ok is not False
     return {"correct": bool(correct), "objects_ok": bool(objects_ok), "relation_ok": relation_ok,
             "size_ok": bool(size_ok), "count_ok": bool(count_ok), "found": found, "matched": by_index}
+
+
+def describe(prompt: str, image: np.ndarray) -> str | None:
+    """What the judge sees in ``image`` ([H, W, 3] uint8) beside what ``prompt`` asked, in one line:
+    "✗ drawn: a red square left of a blue circle; asked: a red circle left of a blue square", or
+    "✓ drawn as asked: ..."; None for a prompt outside the classroom grammar."""
+    try:
+        parse_caption(prompt)
+    except ValueError:
+        return None
+    verdict = judge(prompt, image)
+    drawn = _drawn(verdict["found"])
+    if verdict["correct"]:
+        return f"✓ drawn as asked: {drawn}"
+    return f"✗ drawn: {drawn}; asked: {prompt}"
+
+
+def _drawn(found: list[Found]) -> str:
+    """The judge's objects as a caption: "a red square", "a red square left of a blue circle"."""
+    names = [f"a {o.colour} {o.shape}" for o in found]
+    if not found:
+        return "no shape it recognises"
+    if len(found) != 2:
+        return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    (ax, ay), (bx, by) = found[0].centre, found[1].centre
+    if abs(ax - bx) >= abs(ay - by):
+        first, second = (0, 1) if ax <= bx else (1, 0)
+        return f"{names[first]} left of {names[second]}"
+    first, second = (0, 1) if ay <= by else (1, 0)
+    return f"{names[first]} above {names[second]}"
+
+
+_RELATION_WORDS = {w for r in RELATIONS for w in r.split()}
+
+
+class Grader:
+    """What ``diffviz.study(DIR, grader=diffviz.classroom.grader)`` learns from the classroom grammar: the
+    class of each word and, for a classroom prompt with an image, the judge's verdict and each word's
+    object mask (for the IoU of its heat map)."""
+
+    @staticmethod
+    def word_class(word: str) -> str | None:
+        """The word's class: colour, shape, size, relation or article; None for a word outside the grammar."""
+        w = word.lower()
+        for name, words in (("colour", COLOURS), ("shape", SHAPES), ("size", SIZES),
+                            ("relation", _RELATION_WORDS), ("article", ("a", "an", "the"))):
+            if w in words:
+                return name
+        return None
+
+    @staticmethod
+    def grade(prompt: str, words: list[str],
+              image: np.ndarray) -> tuple[list[np.ndarray | None], dict] | None:
+        """(per word: the bool [H, W] mask of its object as the judge found it, or None; the item's columns
+        ``correct``, ``objects_ok``, ``relation``, ``relation_ok``) for a prompt of the classroom grammar
+        whose words are ``words``; None for any other prompt. ``image``: [H, W, 3] uint8."""
+        caption = " ".join(prompt.lower().split())
+        try:
+            _, relation = parse_caption(caption)
+        except ValueError:
+            return None
+        objects = word_objects(caption)
+        if [w for w, _ in objects] != [w.lower() for w in words]:
+            return None
+        verdict = judge(caption, image)
+        masks = [None if obj is None or verdict["matched"][obj] is None else verdict["matched"][obj].mask
+                 for _, obj in objects]
+        return masks, {"correct": verdict["correct"], "objects_ok": verdict["objects_ok"],
+                       "relation": relation, "relation_ok": verdict["relation_ok"]}
+
+
+grader = Grader()
+

@@ -1,4 +1,5 @@
-"""The classroom model: real diffusers/transformers components, built from config, as a StableDiffusionPipeline.
+"""The classroom model: real diffusers/transformers components, built from config, as a
+StableDiffusionPipeline.
 
 Shapes at the training size: image ``[3, 64, 64]`` -> latents ``[4, 16, 16]`` (AutoencoderKL, 4x down);
 prompt -> ``[77, 64]`` token states (CLIPTextModel with no transformer layers: each token is its own
@@ -25,7 +26,8 @@ TRAIN_SIZE = 32  # pixels: the size `python -m diffviz.classroom.train` trains a
 
 
 def vae_config(image_size: int = TRAIN_SIZE) -> dict:
-    """AutoencoderKL: 3 levels (32, 64, 64 channels), 4x down, 4 latent channels; convolutional, so any size."""
+    """AutoencoderKL: 3 levels (32, 64, 64 channels), 4x down, 4 latent channels; convolutional, so any
+    size."""
     return dict(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -44,7 +46,8 @@ def unet_config(image_size: int = TRAIN_SIZE, channels: tuple[int, ...] | None =
     another pixel, so a word map is not smeared by self-attention. 16 channels per head throughout.
     """
     common = dict(sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                  norm_num_groups=16, cross_attention_dim=TEXT_DIM, only_cross_attention=True, mid_block_type=None)
+                  norm_num_groups=16, cross_attention_dim=TEXT_DIM, only_cross_attention=True,
+                  mid_block_type=None)
     if image_size <= 32:
         config = dict(common, down_block_types=("CrossAttnDownBlock2D",) * 2,
                       up_block_types=("CrossAttnUpBlock2D",) * 2, block_out_channels=(64, 128))
@@ -67,7 +70,8 @@ SCHEDULER_CONFIG = dict(
 
 
 def tokenizer():
-    """The classroom ``CLIPTokenizer``: each vocabulary word is one token; other words split into characters."""
+    """The classroom ``CLIPTokenizer``: each vocabulary word is one token; other words split into
+    characters."""
     return build_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
 
 
@@ -110,7 +114,8 @@ def assemble(components: dict):
 def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """The trained classroom ``StableDiffusionPipeline``, loaded offline (from the package by default).
 
-    ``pipe("a red circle left of a green triangle", num_inference_steps=25).images[0]`` is an ``IMAGE_SIZE`` square PIL image.
+    ``pipe("a red circle left of a green triangle", num_inference_steps=25).images[0]`` is an ``IMAGE_SIZE``
+    square PIL image.
     ``pipe.tokenizer`` splits a word outside ``vocabulary()`` into characters; ``unknown(pipe, prompt)``
     names such words.
     """
@@ -118,7 +123,8 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
 
     path = Path(path) if path is not None else WEIGHTS
     if not (path / "model_index.json").exists():
-        raise FileNotFoundError(f"no classroom model at {path}; train one with `python -m diffviz.classroom.train`")
+        raise FileNotFoundError(f"no classroom model at {path}; "
+                                "train one with `python -m diffviz.classroom.train`")
     with quiet_loading():
         from diffusers import StableDiffusionPipeline
 
@@ -130,5 +136,6 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
 
 
 def unknown(pipe, prompt: str) -> list[str]:
-    """Words of ``prompt`` the pipeline's tokenizer does not know as a single token (the model never saw them)."""
+    """Words of ``prompt`` the pipeline's tokenizer does not know as a single token (the model never saw
+    them)."""
     return unknown_words(pipe.tokenizer, prompt)

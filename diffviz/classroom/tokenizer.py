@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import string
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 from tokenizers import Regex, normalizers
@@ -28,8 +29,9 @@ def read_any_text(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
     every other character by "?". Without it such a character is the unknown token, which is the end
     token. Set at every load: transformers rebuilds CLIP's normalizer from its own defaults."""
     tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFKD(), normalizers.Replace(Regex(r"\p{Mn}"), ""), normalizers.Replace(Regex(r"\s+"), " "),
-        normalizers.Lowercase(), normalizers.Replace(Regex(r"[^ -~]"), "?"),
+        normalizers.NFKD(), normalizers.Replace(Regex(r"\p{Mn}"), ""),
+        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"[^ -~]"), "?"),
     ])
     return tokenizer
 
@@ -38,7 +40,7 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """Split ``word`` the way CLIP's BPE does with the merges in ``ranks``."""
     parts = list(word[:-1]) + [word[-1] + "</w>"]
     while len(parts) > 1:
-        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(pairwise(parts))]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break

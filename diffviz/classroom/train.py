@@ -96,11 +96,13 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
     """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]`` and object counts ``[n]`` of
     ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar."""
     tok = model.tokenizer()
-    rng = np.random.default_rng(args.seed)  # the same scenes, in the same order, as data.scenes(args.seed, ...)
+    # the same scenes, in the same order, as data.scenes(args.seed, ...)
+    rng = np.random.default_rng(args.seed)
     latents, ids, objects = [], [], []
     for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
                       disable=not progress):
-        chunk = [data.random_scene(rng, exclude, args.image_size) for _ in range(min(512, args.n_scenes - start))]
+        chunk = [data.random_scene(rng, exclude, args.image_size)
+                 for _ in range(min(512, args.n_scenes - start))]
         latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
@@ -159,7 +161,8 @@ class Trainer:
         self.denoise = torch.compile(self.unet) if args.compile else self.unet
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x0 [B, 4, h, w], tokens [B, 77], noise [B, 4, h, w], t [B])`` for the current step, on the device."""
+        """``(x0 [B, 4, h, w], tokens [B, 77], noise [B, 4, h, w], t [B])`` for the current step, on the
+        device."""
         a, b = self.args, self.local_batch
         self.gen.manual_seed((a.seed * 1_000_003 + self.step) * self.world + self.rank)
         idx = torch.multinomial(self.weights, b, replacement=True, generator=self.gen)
@@ -211,8 +214,13 @@ class Trainer:
     def train_step(self, time_done: float = 0.0) -> torch.Tensor:
         """One optimiser step, ``time_done`` (0-1) of the time budget spent; returns the weighted loss as a
         0-d tensor (no host sync in one process)."""
+        return self.update(self.loss(*self.batch()), time_done)
+
+    def loss(self, x0: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor,
+             t: torch.Tensor) -> torch.Tensor:
+        """The weighted denoising loss (0-d) of a batch: latents x0 [b, C, h, w], caption ids [b, text],
+        noise like x0, timesteps [b]; epsilon or v target, min-SNR weights."""
         a = self.args
-        x0, tokens, noise, t = self.batch()
         ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
         if a.channels_last:
@@ -227,7 +235,12 @@ class Trainer:
         else:
             target = noise
             weight = torch.clamp(snr, max=a.min_snr) / snr
-        loss = (weight * (pred.float() - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        return (weight * (pred.float() - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    def update(self, loss: torch.Tensor, time_done: float = 0.0) -> torch.Tensor:
+        """Backward ``loss``, average it across processes, clip, step the optimiser at the scheduled lr and
+        the EMA; returns the (averaged) loss, detached."""
+        a = self.args
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.world > 1:
@@ -248,8 +261,10 @@ class Trainer:
     def save(self, ckpt: Path) -> None:
         tmp = ckpt / "state.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        save_file({f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.params)}, str(tmp / "params.safetensors"))
-        save_file({f"p{i}": p.cpu().contiguous() for i, p in enumerate(self.ema)}, str(tmp / "ema.safetensors"))
+        save_file({f"p{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.params)},
+                  str(tmp / "params.safetensors"))
+        save_file({f"p{i}": p.cpu().contiguous() for i, p in enumerate(self.ema)},
+                  str(tmp / "ema.safetensors"))
         save_optimizer(self.opt, tmp / "optimizer")
         progress = {"step": self.step, "elapsed": self.elapsed, "wall": self.wall, "log": self.log}
         (tmp / "progress.json").write_text(json.dumps(progress))
@@ -317,10 +332,12 @@ PRESETS = {
     "v1": dict(image_size=32, batch=64, lr=5e-4, warmup=500, decay=False, ema=0.999, prediction="epsilon",
                timesteps="uniform", text_layers=0, channels=None, two_share=None),
     # v3, the recipe search's winner (benchmarks/classroom_recipes.md), for 140 minutes of UNet time under
-    # `torchrun --nproc_per_node 2` on a 2-core CPU: the shipped VAE as it is, lr 1e-3 decayed to zero, EMA 0.995
-    "v3": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=150_000, batch=64, lr=1e-3,
-               warmup=300, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform", text_layers=0,
-               channels=None, two_share=None, threads=1, max_minutes=140.0, ship_every=20.0, save_every=5.0),
+    # `torchrun --nproc_per_node 2` on a 2-core CPU: the shipped VAE as it is, lr 1e-3 decayed to zero,
+    # EMA 0.995
+    "v3": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=150_000, batch=64,
+               lr=1e-3, warmup=300, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
+               text_layers=0, channels=None, two_share=None, threads=1, max_minutes=140.0, ship_every=20.0,
+               save_every=5.0),
     # a student's own run (lesson 10): v3's schedule on 16,000 scenes, single objects only, for 8.5 minutes of
     # UNet training on a laptop's CPU (25% two-object scenes and 7 minutes drew 65% of single objects right)
     "student": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=16_000, batch=64,
@@ -382,7 +399,8 @@ def parse_args(argv=None):
                    help="UNet training minutes in total (across resumes): stop and ship then")
     p.add_argument("--ship-every", type=float, default=12.0, help="minutes between shipped models/snapshots")
     p.add_argument("--save-every", type=float, default=4.0, help="minutes between resumable checkpoints")
-    p.add_argument("--log-every", type=int, default=50, help="steps per logged mean loss (one host sync each)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="steps per logged mean loss (one host sync each)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="bf16 autocast (default: on CUDA; on a CPU only when asked)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
@@ -476,7 +494,8 @@ def main(argv=None) -> Path:
         try:
             step()
         except Exception as err:  # noqa: BLE001  (inductor and triton raise many kinds)
-            print(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly", flush=True)
+            print(f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly",
+                  flush=True)
             trainer.denoise = trainer.unet
     # every process sees the same step and time_done, so all stop together; a finished run resumes to nothing
     while trainer.step < args.steps and trainer.time_done < 1:

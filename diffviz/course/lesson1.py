@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from ..trace import Trace
+from ..traces import Trace
 from ..viz._draw import png_uri
 from . import predicted, tensor_answer, verdict
 
@@ -34,8 +34,8 @@ def pipeline_diagram(trace: Trace, text_states: Sequence[int]) -> go.Figure:
         note = f"<br><span style='font-size:11px'>{notes[name]}</span>" if name in notes else ""
         fig.add_annotation(x=x, y=y, text=f"<b>{name}</b>{note}", showarrow=False, font={"size": 14})
     fig.add_shape(type="rect", x0=3.75, x1=9.1, y0=-0.05, y1=1.75, line={"color": "#999", "dash": "dash"})
-    fig.add_annotation(x=9.05, y=1.6, text=f"repeated {trace.num_steps} times, noisy to clean", showarrow=False,
-                       xanchor="right", font={"size": 11, "color": "#666"})
+    fig.add_annotation(x=9.05, y=1.6, text=f"repeated {trace.num_steps} times, noisy to clean",
+                       showarrow=False, xanchor="right", font={"size": 11, "color": "#666"})
 
     def arrow(start, end, label, where=None, **style):
         fig.add_annotation(x=end[0], y=end[1], ax=start[0], ay=start[1], xref="x", yref="y", axref="x",
@@ -85,7 +85,8 @@ def distance_share(trace: Trace, step: int) -> float:
 
 
 def drawn_right(images: Sequence, prompt: str) -> int:
-    """How many of ``images`` (``[H, W, 3]`` uint8 or PIL, classroom pictures) the judge finds right for ``prompt``."""
+    """How many of ``images`` (``[H, W, 3]`` uint8 or PIL, classroom pictures) the judge finds right for
+    ``prompt``."""
     from ..classroom import judge
 
     return sum(bool(judge.judge(prompt, np.asarray(im))["correct"]) for im in images)
@@ -95,15 +96,16 @@ def check_x0(answer, trace: Trace, step: int, prediction: float | None = None) -
     """``answer``: [C, h, w] tensor, the predicted x0 at ``step`` computed from latents, noise and alpha_bar.
     ``prediction``: the share of its way to the final x0 that the guess at ``step`` still has to go, 0..1."""
     ref = x0_from_noise(trace, step)  # float64 maths on the stored tensors; equals trace.x0 under DDIM
-    hint = (f"x0 = (latents[{step}] - sqrt(1 - alpha_bar[{step}]) * noise_guided[{step}]) / sqrt(alpha_bar[{step}]); "
+    hint = (f"x0 = (latents[{step}] - sqrt(1 - alpha_bar[{step}]) * noise_guided[{step}]) "
+            f"/ sqrt(alpha_bar[{step}]); "
             f"the result has the shape of one latent, {list(ref.shape)}.")
     ok, hint = tensor_answer(answer, ref, hint)
     if not verdict(answer, ok, f"that is the model's own predicted x0 at step {step}.", hint):
         return False
     share = distance_share(trace, step)
     close = prediction is not None and abs(float(prediction) - share) <= 0.15
-    predicted(prediction, close, f"at step {step} of {trace.num_steps} the guess still has {share:.0%} of its way "
-                                 "to the final x0 to go")
+    predicted(prediction, close, f"at step {step} of {trace.num_steps} the guess still has {share:.0%} "
+                                 "of its way to the final x0 to go")
     return True
 
 
@@ -111,8 +113,8 @@ def check_signal_step(answer, trace: Trace, prediction: int | None = None) -> bo
     """``answer``: int, the first step at which alpha_bar >= 0.5; ``prediction``: the step guessed before."""
     right = signal_step(trace)
     ok = answer is not None and int(answer) == right
-    if not verdict(answer, ok, f"from step {right} on (t={int(trace.timesteps[right])}) the latent holds more "
-                               "signal than noise.",
+    if not verdict(answer, ok, f"from step {right} on (t={int(trace.timesteps[right])}) the latent holds "
+                               "more signal than noise.",
                    "look for the first index where trace.alpha_bar >= 0.5 (torch.nonzero helps)."):
         return False
     close = prediction is not None and abs(int(prediction) - right) <= 1
@@ -123,13 +125,14 @@ def check_signal_step(answer, trace: Trace, prediction: int | None = None) -> bo
 def check_recoloured(answer, images: Sequence, prompt: str, prediction: int | None = None) -> bool:
     """``answer``: int, how many of ``images`` the judge finds drawn as ``prompt``; ``prediction``: the count
     guessed before running them. Classroom pictures only (the judge knows its shapes and colours)."""
-    hint = ("run start_from(K, noised, other_embeds) once per noise seed, collect the pictures, and count those "
-            "for which diffviz.course.judged would pass (diffviz.classroom.judge.judge(prompt, image)['correct']).")
+    hint = ("run start_from(K, noised, other_embeds) once per noise seed, collect the pictures, and count "
+            "those for which diffviz.course.judged would pass "
+            "(diffviz.classroom.judge.judge(prompt, image)['correct']).")
     if answer is None or not images:
         return verdict(None, False, "", hint)
     right = drawn_right(images, prompt)
-    if not verdict(answer, int(answer) == right, f"the judge finds {right} of your {len(images)} pictures drawn "
-                                                 f"as {prompt!r}.", hint):
+    if not verdict(answer, int(answer) == right, f"the judge finds {right} of your {len(images)} pictures "
+                                                 f"drawn as {prompt!r}.", hint):
         return False
     close = prediction is not None and abs(int(prediction) - right) <= 1
     predicted(prediction, close, f"{right} of {len(images)} pictures took the new prompt's colours")

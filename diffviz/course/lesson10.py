@@ -57,12 +57,14 @@ def token_states(pipe, prompt: str, positions: Sequence[int] | torch.Tensor | No
     embedding ``[d]`` used there instead (e.g. a mix of two words'). Pass as ``pipe(prompt_embeds=...)``."""
     enc = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
     if len(getattr(enc.encoder, "layers", ())) != 0:
-        raise ValueError(f"this text encoder has {len(enc.encoder.layers)} layers, in which tokens mix: its states "
-                         "are not token + position embeddings. token_states is for the classroom encoder (0 layers).")
+        raise ValueError(f"this text encoder has {len(enc.encoder.layers)} layers, in which tokens mix: "
+                         "its states are not token + position embeddings. "
+                         "token_states is for the classroom encoder (0 layers).")
     ids = token_ids(pipe, prompt)
     pos = torch.arange(ids.shape[1]) if positions is None else torch.as_tensor(positions, dtype=torch.long)
     if pos.shape != (ids.shape[1],):
-        raise ValueError(f"positions must be {ids.shape[1]} indices, one per token; got shape {list(pos.shape)}")
+        raise ValueError(f"positions must be {ids.shape[1]} indices, one per token; "
+                         f"got shape {list(pos.shape)}")
     emb = enc.embeddings
     tokens = emb.token_embedding(ids)  # [1, 77, d]
     for i, vector in (replace or {}).items():
@@ -77,7 +79,7 @@ def swapped(n: int, i: int, j: int) -> torch.Tensor:
     return pos
 
 
-# ---- what each part of a caption is worth -------------------------------------------------------------------
+# ---- what each part of a caption is worth -----------------------------------------------------------------
 def probe_scenes(n: int = 64, seed: int = 0, image_size: int | None = None) -> list:
     """``n`` two-object classroom scenes, every colour and size named, the two colours and the two shapes
     different (so each edit of ``edit_caption`` changes the caption). A pure function of ``seed``."""
@@ -89,7 +91,8 @@ def probe_scenes(n: int = 64, seed: int = 0, image_size: int | None = None) -> l
     while len(out) < n:
         colours = rng.choice(list(data.COLOURS), 2, replace=False)
         shapes = rng.choice(data.SHAPES, 2, replace=False)
-        objs = [data.Obj(str(s), str(c), ("small", "large")[rng.integers(2)]) for c, s in zip(colours, shapes)]
+        objs = [data.Obj(str(s), str(c), ("small", "large")[rng.integers(2)])
+                for c, s in zip(colours, shapes)]
         relation = data.RELATIONS[rng.integers(len(data.RELATIONS))]
         try:
             out.append(data.make_scene(objs, relation, rng, size))
@@ -100,8 +103,8 @@ def probe_scenes(n: int = 64, seed: int = 0, image_size: int | None = None) -> l
 
 def edit_caption(scene, edit: str) -> str:
     """``scene``'s caption with one part made wrong (``EDITS``): ``colour`` (both colours replaced by colours
-    absent from the scene), ``shape`` (both shapes replaced), ``axis`` (a horizontal relation made vertical and
-    back), ``binding`` (the two colours exchanged between the objects), ``order`` (the opposite relation:
+    absent from the scene), ``shape`` (both shapes replaced), ``axis`` (a horizontal relation made vertical
+    and back), ``binding`` (the two colours exchanged between the objects), ``order`` (the opposite relation:
     the same axis, the objects the other way round)."""
     from ..classroom import data
 
@@ -153,20 +156,22 @@ def word_gains(pipe, scenes, *, unet=None, text_encoder=None, seed: int = 0,
 
 
 def ignored(gains: dict[str, float], fraction: float = 0.05) -> set[str]:
-    """The edits worth less than ``fraction`` of the largest gain: the parts of a caption the model ignores."""
+    """The edits worth less than ``fraction`` of the largest gain: the parts of a caption the model
+    ignores."""
     top = max(gains.values())
     return {e for e, g in gains.items() if g < fraction * top}
 
 
-# ---- a tiny training run -------------------------------------------------------------------------------------
-TINY_WIDTH = 4  # the tiny UNet has a quarter of the classroom UNet's channels: ~16x fewer multiply-adds a step
+# ---- a tiny training run ----------------------------------------------------------------------------------
+# the tiny UNet has a quarter of the classroom UNet's channels: ~16x fewer multiply-adds a step
+TINY_WIDTH = 4
 
 
 def tiny_trainer(pipe, *, n_scenes: int = 1024, batch: int = 16, lr: float = 2e-3, seed: int = 0):
     """A ``diffviz.classroom.train.Trainer`` for a new classroom model at ``pipe``'s size: random token and
     position embeddings, a UNet with ``1 / TINY_WIDTH`` of the classroom UNet's channels, ``pipe``'s trained
-    VAE (its latents of ``n_scenes`` training scenes, computed here). ``trainer.train_step()`` runs one step; the batch at step s is a pure
-    function of (seed, s), so a run is the same every time on the CPU."""
+    VAE (its latents of ``n_scenes`` training scenes, computed here). ``trainer.train_step()`` runs one
+    step; the batch at step s is a pure function of (seed, s), so a run is the same every time on the CPU."""
     from diffusers import UNet2DConditionModel
 
     from ..classroom import data, model, train
@@ -174,19 +179,23 @@ def tiny_trainer(pipe, *, n_scenes: int = 1024, batch: int = 16, lr: float = 2e-
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     args = train.parse_args(["--image-size", str(size), "--n-scenes", str(n_scenes), "--batch", str(batch),
                              "--lr", str(lr), "--warmup", "20", "--seed", str(seed), "--device", "cpu"])
-    latents = train.precompute(pipe.vae, args, torch.device("cpu"), data.benchmark_exclusions(), progress=False)
+    latents = train.precompute(pipe.vae, args, torch.device("cpu"), data.benchmark_exclusions(),
+                               progress=False)
     comps = model.build_components(seed, size)
     torch.manual_seed(seed)
     config = model.unet_config(size)
     channels = tuple(16 * max(1, round(c / TINY_WIDTH / 16)) for c in config["block_out_channels"])
-    config.update(block_out_channels=channels, attention_head_dim=tuple(c // 16 for c in channels))  # 16 a head
+    # 16 a head
+    config.update(block_out_channels=channels, attention_head_dim=tuple(c // 16 for c in channels))
     comps.update(unet=UNet2DConditionModel(**config), vae=pipe.vae)
-    return train.Trainer(args, comps, torch.device("cpu"), latents["latents"] * pipe.vae.config.scaling_factor,
+    return train.Trainer(args, comps, torch.device("cpu"),
+                         latents["latents"] * pipe.vae.config.scaling_factor,
                          latents["ids"], latents["objects"], latents["empty_ids"][0])
 
 
 def trained_pipeline(trainer):
-    """A pipeline of ``trainer``'s current weights (not its EMA average, which lags far behind in a short run)."""
+    """A pipeline of ``trainer``'s current weights (not its EMA average, which lags far behind in a short
+    run)."""
     from ..classroom import model
 
     pipe = model.assemble(dict(trainer.comps, unet=trainer.unet, text_encoder=trainer.text))
@@ -194,7 +203,7 @@ def trained_pipeline(trainer):
     return pipe
 
 
-# ---- exercise checks -------------------------------------------------------------------------------------------
+# ---- exercise checks --------------------------------------------------------------------------------------
 def check_reversed(prediction: str | None, image, reversed_image) -> bool:
     """Exercise: does reversing the order of the prompt's token states (each keeping its position embedding)
     change the picture "a lot" or "not at all" (RMS difference under 1/255)?"""
@@ -202,10 +211,10 @@ def check_reversed(prediction: str | None, image, reversed_image) -> bool:
     right = REVERSED_ANSWERS[0] if d < 1 / 255 else REVERSED_ANSWERS[1]
     answer = None if prediction is None else str(prediction).strip().lower()
     return verdict(prediction, answer == right,
-                   f"{right} (RMS difference {d:.4f}): cross-attention sums over the tokens, whatever their order; "
-                   "a word's place is only its position embedding.",
-                   f"answer one of {REVERSED_ANSWERS}. Each pixel's query scores every token and sums their values: "
-                   "does a sum depend on the order of its terms?")
+                   f"{right} (RMS difference {d:.4f}): cross-attention sums over the tokens, "
+                   "whatever their order; a word's place is only its position embedding.",
+                   f"answer one of {REVERSED_ANSWERS}. Each pixel's query scores every token and sums "
+                   "their values: does a sum depend on the order of its terms?")
 
 
 def check_first_learnt(prediction: str | None, gains: dict[str, float]) -> bool:
@@ -223,10 +232,10 @@ def check_ignored(prediction, gains: dict[str, float]) -> bool:
     answer = None if prediction is None else {str(e).strip().lower() for e in prediction}
     return verdict(prediction, answer == right,
                    f"{sorted(right)}: each is worth under 5% of what {max(gains, key=gains.get)} is worth.",
-                   f"a set of names from {EDITS}. Which edits need the model to know which word belongs to which "
-                   "object?")
+                   f"a set of names from {EDITS}. Which edits need the model to know which word belongs "
+                   "to which object?")
 
 
-__all__ = ["EDITS", "REVERSED_ANSWERS", "check_first_learnt", "check_ignored", "check_reversed", "edit_caption",
-           "ignored", "probe_scenes", "swapped", "tiny_trainer", "token_embedding", "token_ids", "token_states",
-           "trained_pipeline", "word_gains", "word_position"]
+__all__ = ["EDITS", "REVERSED_ANSWERS", "check_first_learnt", "check_ignored", "check_reversed",
+           "edit_caption", "ignored", "probe_scenes", "swapped", "tiny_trainer", "token_embedding",
+           "token_ids", "token_states", "trained_pipeline", "word_gains", "word_position"]

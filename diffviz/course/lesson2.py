@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import heatmap
-from ..trace import Trace
+from ..traces import Trace
 from . import predicted, verdict
 
 
@@ -55,9 +55,11 @@ def check_padding_share(answer, trace: Trace, prediction: str | None = None) -> 
     """``answer``: float in [0, 1], the end and padding tokens' share of the attention (trace captured with
     tokens="all"); ``prediction``: which takes more, "start" or "padding", guessed before."""
     if answer is not None and not any(t.word is None and t.position != 0 for t in trace.tokens):
-        raise ValueError("this trace has no padding tokens; capture it with diffviz.trace(pipe, tokens='all').")
-    hint = ("take the stored indices i of the tokens that are neither a word nor position 0; for each layer sum "
-            "trace.attn[layer][:, :, i] over those tokens and take the mean, then average over layers. A fraction, 0..1.")
+        raise ValueError("this trace has no padding tokens; "
+                         "capture it with diffviz.trace(pipe, tokens='all').")
+    hint = ("take the stored indices i of the tokens that are neither a word nor position 0; for each layer "
+            "sum trace.attn[layer][:, :, i] over those tokens and take the mean, then average over layers. "
+            "A fraction, 0..1.")
     right = padding_share(trace) if answer is not None else 0.0
     if not verdict(answer, answer is not None and abs(float(answer) - right) <= 0.01,
                    f"end and padding take {right:.1%} of every pixel's attention on average.", hint):
@@ -70,7 +72,8 @@ def check_padding_share(answer, trace: Trace, prediction: str | None = None) -> 
 
 
 def check_peak_step(answer, trace: Trace, word: str, prediction: int | None = None) -> bool:
-    """``answer``: int, the step at which ``word`` receives the most attention; ``prediction``: the step guessed."""
+    """``answer``: int, the step at which ``word`` receives the most attention; ``prediction``: the step
+    guessed."""
     right = peak_step(trace, word)
     ok = answer is not None and int(answer) == right
     if not verdict(answer, ok, f"{word!r} pulls the most attention at step {right} of {trace.num_steps}.",

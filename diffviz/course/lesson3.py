@@ -10,14 +10,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..trace import Trace
+from ..traces import Trace, guide
 from . import predicted, tensor_answer, verdict
 
 
 def guided(trace: Trace, step: int) -> torch.Tensor:
     """[C, h, w] uncond + scale * (cond - uncond) at ``step``: classifier-free guidance."""
-    u, c = trace.noise_uncond[step].float(), trace.noise_cond[step].float()
-    return u + trace.guidance_scale * (c - u)
+    return guide(trace.noise_uncond[step].float(), trace.noise_cond[step].float(), trace.guidance_scale)
 
 
 def clipped_fraction(image) -> float:
@@ -63,12 +62,14 @@ def check_guided(answer, trace: Trace, step: int, prediction: float | None = Non
     u, c = trace.noise_uncond[step].float(), trace.noise_cond[step].float()
     ratio = float((ref - u).norm() / (c - u).norm())
     close = prediction is not None and abs(float(prediction) - ratio) <= 0.05 * ratio
-    predicted(prediction, close, f"||guided - uncond|| / ||cond - uncond|| = {ratio:.3g}, the guidance scale: "
-                                 "guidance walks that many times as far from the unconditional prediction")
+    predicted(prediction, close,
+              f"||guided - uncond|| / ||cond - uncond|| = {ratio:.3g}, the guidance scale: "
+              "guidance walks that many times as far from the unconditional prediction")
     return True
 
 
-def check_overshoot(answer, trace: Trace, step: int, real_std: float, prediction: float | None = None) -> bool:
+def check_overshoot(answer, trace: Trace, step: int, real_std: float,
+                    prediction: float | None = None) -> bool:
     """``answer``: float, std of ``trace``'s predicted x0 at ``step`` over ``real_std`` (real pictures'
     latents); ``prediction``: the ratio guessed before."""
     right = overshoot(trace, step, real_std)
@@ -90,8 +91,8 @@ def check_fewest_red(answer, pictures: Mapping[str, Sequence], prediction: str |
     counts = {neg: red_count(ims) for neg, ims in pictures.items()}
     fewest = min(counts.values())
     best = [neg for neg, n in counts.items() if n == fewest]
-    if not verdict(answer, answer in best, f"{answer!r} leaves {fewest} of {len(pictures[answer])} pictures red.",
-                   hint):
+    if not verdict(answer, answer in best,
+                   f"{answer!r} leaves {fewest} of {len(pictures[answer])} pictures red.", hint):
         return False
     close = prediction is not None and prediction in best
     predicted(prediction, close, "red pictures per negative prompt: "

@@ -43,7 +43,8 @@ def colour_shares(images: Sequence) -> dict[str, float]:
 
 def effective_colours(shares: dict[str, float]) -> float:
     """The effective number of colours of a colour distribution (``colour_shares`` or ``colourless_share``):
-    exp of its entropy over the colours, "none" left out. 1: one colour only (collapse); n: n colours equally."""
+    exp of its entropy over the colours, "none" left out. 1: one colour only (collapse); n: n colours
+    equally."""
     p = np.array([v for c, v in shares.items() if c != "none" and v > 0])
     if not len(p):
         return 0.0
@@ -71,7 +72,8 @@ def check_red_share(answer, images: Sequence, shape: str, prediction=None) -> bo
     right = colour_shares(images)["red"]
     ok = answer is not None and abs(float(answer) - right) <= 1e-6 + 0.5 / len(images)
     done = verdict(answer, ok, f"{right:.0%} of the pictures are red.",
-                   "lesson4.colour_shares(pictures) gives each colour's share; take 'red' (a share: 0.5, not 50).")
+                   "lesson4.colour_shares(pictures) gives each colour's share; "
+                   "take 'red' (a share: 0.5, not 50).")
     if done:
         data = colourless_share(shape)["red"]
         side = lambda x: "above" if x > data else "below"

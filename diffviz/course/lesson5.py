@@ -14,7 +14,7 @@ import torch
 
 from ..attribution import Attribution, Region, region_attention, region_mask, spearman
 from ..capture.families import family_of
-from ..trace import Trace
+from ..traces import Trace
 from . import predicted, verdict
 
 
@@ -66,7 +66,8 @@ def check_top_attention(answer: str | None, trace: Trace, region: Region, predic
     att = region_attention(trace, region)  # [word]
     best = {trace.words[i].lower() for i in range(len(trace.words)) if att[i] >= att.max() - 1e-9}
     done = verdict(_word(answer), _word(answer) in best,
-                   f"{answer!r} gets the most attention inside the region ({float(att.max()):.3f} on average).",
+                   f"{answer!r} gets the most attention inside the region "
+                   f"({float(att.max()):.3f} on average).",
                    "diffviz.attribution.region_attention(trace, region) gives one number per word of "
                    "trace.words; take the word with the largest.")
     if done:
@@ -77,7 +78,8 @@ def check_top_attention(answer: str | None, trace: Trace, region: Region, predic
 def check_shares_sum(answer: float | None, attribution: Attribution, prediction=None) -> bool:
     """Exercise 2: the words' integrated-gradients scores summed, as a share of ``attribution.total``."""
     right = float(attribution.word_scores.sum()) / attribution.total if attribution.total else float("nan")
-    ok = answer is not None and math.isfinite(right) and abs(float(answer) - right) <= 0.01 + 0.01 * abs(right)
+    ok = (answer is not None and math.isfinite(right)
+          and abs(float(answer) - right) <= 0.01 + 0.01 * abs(right))
     done = verdict(answer, ok, f"the word scores add up to {right:.1%} of the total change.",
                    "divide attribution.word_scores.sum() by attribution.total (a share: 1.0, not 100).")
     if done:
@@ -101,7 +103,8 @@ def check_better_predictor(answer: str | None, attention: torch.Tensor, attribut
                    "answer 'attention' or 'attribution': compute diffviz.attribution.spearman(x, effect) for "
                    "x = the attention per word and x = attribution.word_scores, and pick the larger.")
     if done:
-        predicted(prediction, tie or _word(prediction) == better, f"{better} ranks the words more like the effect")
+        predicted(prediction, tie or _word(prediction) == better,
+                  f"{better} ranks the words more like the effect")
     return done
 
 

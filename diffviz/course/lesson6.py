@@ -33,7 +33,8 @@ def lands_in(image, box: Box, shape: str, colour: str | None = None) -> bool:
     from ..classroom import judge
 
     x0, y0, x1, y1 = box
-    return any(f.shape == shape and colour in (None, f.colour) and x0 < f.centre[0] < x1 and y0 < f.centre[1] < y1
+    return any(f.shape == shape and colour in (None, f.colour)
+               and x0 < f.centre[0] < x1 and y0 < f.centre[1] < y1
                for f in judge.find_objects(np.asarray(image)))
 
 
@@ -56,7 +57,8 @@ def check_count(answer: int | None, images: Sequence, shape: str, prediction: in
     hint = (f"lesson6.count(image, {shape!r}) counts them in one image; take the median over your images "
             "(int(np.median([...])).")
     if not verdict(answer, right is not None and answer is not None and int(answer) == right,
-                   f"the judge counts {counts} {shape}s in your {len(images)} images: the median is {right}.", hint):
+                   f"the judge counts {counts} {shape}s in your {len(images)} images: the median is {right}.",
+                   hint):
         return False
     predicted(prediction, prediction is not None and int(prediction) == right,
               f"a median of {right} {shape}(s) after the edit")
@@ -76,7 +78,8 @@ def check_landed(answer: int | None, images: Sequence, boxes: Sequence[Box], sha
     hint = "count the images for which lesson6.lands_in(image, box, shape) is True (one box per image)."
     moved = "steering moved them" if right >= n / 2 else "steering did not move them"
     if not verdict(answer, answer is not None and n > 0 and int(answer) == right,
-                   f"{right} of {n} {shape}s landed in their box ({moved}; unsteered: 0 by the choice of boxes).",
+                   f"{right} of {n} {shape}s landed in their box "
+                   f"({moved}; unsteered: 0 by the choice of boxes).",
                    hint):
         return False
     predicted(prediction, prediction is not None and abs(int(prediction) - right) <= 1,
@@ -84,16 +87,18 @@ def check_landed(answer: int | None, images: Sequence, boxes: Sequence[Box], sha
     return True
 
 
-def check_change(answer: float | None, original, edited, region: np.ndarray, prediction: float | None = None) -> bool:
+def check_change(answer: float | None, original, edited, region: np.ndarray,
+                 prediction: float | None = None) -> bool:
     """Exercise 3: mean |RGB change| (colours in [0, 1]) between ``original`` and ``edited`` over the pixels
     of ``region`` (bool [H, W]). ``prediction``: the same, guessed before measuring."""
     diff = np.abs(rgb(edited) - rgb(original)).mean(-1)
     region = np.asarray(region, bool)
     right, elsewhere = float(diff[region].mean()), float(diff[~region].mean())
     ok = answer is not None and abs(float(answer) - right) <= 0.05 * right + 2e-3
-    if not verdict(answer, ok, f"in the region the image changed by {right:.3f} on average (elsewhere: {elsewhere:.3f}).",
-                   "np.abs(lesson6.rgb(edited) - lesson6.rgb(original)).mean(-1) is the per-pixel change [H, W]; "
-                   "average it where the region is True."):
+    if not verdict(answer, ok, f"in the region the image changed by {right:.3f} on average "
+                               f"(elsewhere: {elsewhere:.3f}).",
+                   "np.abs(lesson6.rgb(edited) - lesson6.rgb(original)).mean(-1) is the per-pixel change "
+                   "[H, W]; average it where the region is True."):
         return False
     predicted(prediction, prediction is not None and abs(float(prediction) - right) <= max(0.3 * right, 0.01),
               f"{right:.3f} in the region against {elsewhere:.3f} elsewhere")

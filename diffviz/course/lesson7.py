@@ -50,7 +50,8 @@ def quality_curve(path=None) -> list[dict]:
     batch = json.loads((folder / "training_log.json").read_text())["batch"]
     rows = json.loads((folder / "quality_curve.json").read_text())
     return [{"step": r["step"], "samples": r["step"] * batch, "single": r["single"]["correct"],
-             "two": r["two"]["correct"], "both_objects": r["two"]["objects_ok"], "relation": r["two"]["relation_ok"]}
+             "two": r["two"]["correct"], "both_objects": r["two"]["objects_ok"],
+             "relation": r["two"]["relation_ok"]}
             for r in rows]
 
 
@@ -108,8 +109,10 @@ def check_memory_growth(prediction: float | None, small: int, large: int, vae_sc
     cells = [(s // vae_scale) ** 2 for s in (small, large)]
     right = score_matrix_bytes(cells[1], cells[1]) / score_matrix_bytes(cells[0], cells[0])
     ok = prediction is not None and abs(float(prediction) - right) <= 0.1 * right
-    return verdict(prediction, ok, f"{right:g}x: the side grows {large / small:g}x, the cells {cells[1] / cells[0]:g}x, "
-                                   "and every cell scores every cell, so the matrix grows with the square of the cells.",
+    return verdict(prediction, ok, f"{right:g}x: the side grows {large / small:g}x, "
+                                   f"the cells {cells[1] / cells[0]:g}x, "
+                                   "and every cell scores every cell, "
+                                   "so the matrix grows with the square of the cells.",
                    "count the latent cells at each size, then remember that the matrix is cells x cells.")
 
 
@@ -123,7 +126,8 @@ GAP_ANSWERS = ("much less", "about as often")
 
 def check_generalisation_gap(prediction: str | None, seen: Sequence[bool], held_out: Sequence[bool]) -> bool:
     """Exercise: are never-seen colour/shape pairs drawn right "much less" often than seen ones (the success
-    rate on seen pairs minus the rate on never-seen pairs is 0.3 or more) or "about as often"? (judge verdicts)"""
+    rate on seen pairs minus the rate on never-seen pairs is 0.3 or more) or "about as often"? (judge
+    verdicts)"""
     gap = rate(seen) - rate(held_out)
     right = GAP_ANSWERS[0] if gap >= 0.3 else GAP_ANSWERS[1]
     answer = None if prediction is None else str(prediction).strip().lower()
@@ -131,14 +135,15 @@ def check_generalisation_gap(prediction: str | None, seen: Sequence[bool], held_
     hint = ("answer 'much less' or 'about as often'. Think about what the model must combine to draw 'a blue "
             "triangle', and whether it ever combines words." if answer in (None, *GAP_ANSWERS) else
             f"{prediction!r} is not one of {GAP_ANSWERS}.")
-    return verdict(prediction, ok, f"{right}: seen pairs {rate(seen):.0%}, never-seen pairs {rate(held_out):.0%}, "
-                                   f"a gap of {gap:+.0%}.", hint)
+    return verdict(prediction, ok, f"{right}: seen pairs {rate(seen):.0%}, "
+                                   f"never-seen pairs {rate(held_out):.0%}, a gap of {gap:+.0%}.", hint)
 
 
 RARE_ANSWERS = ("more", "about as often", "much less")
 
 
-def check_rare_colours(prediction: str | None, colours: Sequence[str], rare: Sequence[str], data_share: float) -> bool:
+def check_rare_colours(prediction: str | None, colours: Sequence[str], rare: Sequence[str],
+                       data_share: float) -> bool:
     """Exercise: does the model draw the rare colours ``rare`` "more" often than the data (1.5x its share or
     more), "about as often", or "much less" (under half)? ``colours``: one found colour per object drawn;
     ``data_share``: the rare colours' share of the data's colourless objects (0..1)."""
@@ -149,10 +154,11 @@ def check_rare_colours(prediction: str | None, colours: Sequence[str], rare: Seq
     hint = (f"answer one of {RARE_ANSWERS}. A model that only inherits its data's bias would draw them as "
             "often as the data; think about what guidance does to what is not typical of a caption."
             if answer in (None, *RARE_ANSWERS) else f"{prediction!r} is not one of {RARE_ANSWERS}.")
-    return verdict(prediction, answer == right, f"{right}: the rare colours ({', '.join(rare)}) are {drawn:.0%} of "
-                                                f"the {len(colours)} objects drawn, {data_share:.0%} of the data.", hint)
+    return verdict(prediction, answer == right,
+                   f"{right}: the rare colours ({', '.join(rare)}) are {drawn:.0%} of "
+                   f"the {len(colours)} objects drawn, {data_share:.0%} of the data.", hint)
 
 
-__all__ = ["GAP_ANSWERS", "RARE_ANSWERS", "check_generalisation_gap", "check_memory_growth", "check_rare_colours",
-           "colourless_share", "largest_allocation", "latent_cells", "learnt_at", "quality_curve", "rate",
-           "score_matrix_bytes", "two_object_outcome"]
+__all__ = ["GAP_ANSWERS", "RARE_ANSWERS", "check_generalisation_gap", "check_memory_growth",
+           "check_rare_colours", "colourless_share", "largest_allocation", "latent_cells", "learnt_at",
+           "quality_curve", "rate", "score_matrix_bytes", "two_object_outcome"]

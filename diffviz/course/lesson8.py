@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..trace import Trace
+from ..traces import Trace
 from . import predicted, verdict
 
 Head = tuple[str, int]  # (layer name, head index)
 
 
-def head_profiles(traces: Sequence[Trace], kinds: Mapping[str, set[str]]) -> tuple[list[Head], list[str], torch.Tensor]:
+def head_profiles(traces: Sequence[Trace],
+                  kinds: Mapping[str, set[str]]) -> tuple[list[Head], list[str], torch.Tensor]:
     """Job profiles of every head of the prompt-reading layers, from traces captured with ``heads=True``.
 
     ``kinds``: kind name -> the words of that kind (e.g. {"relation": {"left", "of", ...}}). Returns
@@ -39,13 +40,15 @@ def head_profiles(traces: Sequence[Trace], kinds: Mapping[str, set[str]]) -> tup
                 if tok.word is not None:
                     word_mass[:, tok.word] += m[:, t]
             share = word_mass / word_mass.sum(1, keepdim=True).clamp_min(1e-12)  # [head, word]
-            by_kind = torch.stack([share[:, [i for i, w in enumerate(tr.words) if w.lower() in kinds[k]]].sum(1)
+            by_kind = torch.stack([share[:, [i for i, w in enumerate(tr.words)
+                                             if w.lower() in kinds[k]]].sum(1)
                                    for k in names], 1)  # [head, kind]
             labels += [(layer.name, h) for h in range(m.shape[0])]
             rows.append(by_kind)
         table = torch.cat(rows)
         if heads is not None and labels != heads:
-            raise ValueError("the traces have different layers or heads: trace every prompt with the same pipeline.")
+            raise ValueError("the traces have different layers or heads: "
+                             "trace every prompt with the same pipeline.")
         heads, total = labels, table if total is None else total + table
     if heads is None:
         raise ValueError("no traces given.")
@@ -72,8 +75,8 @@ def check_top_kind_count(answer: int | None, kinds: Sequence[str], shares: torch
     counts = ", ".join(f"{k} {int((top == i).sum())}" for i, k in enumerate(kinds))
     if not verdict(answer, answer is not None and int(answer) == right,
                    f"{right} of {len(top)} heads read {kind} words most (top kind per head: {counts}).",
-                   "shares.argmax(1) is each head's top kind (an index into kinds); count the heads where it is "
-                   f"kinds.index({kind!r})."):
+                   "shares.argmax(1) is each head's top kind (an index into kinds); "
+                   f"count the heads where it is kinds.index({kind!r})."):
         return False
     predicted(prediction, prediction is not None and abs(int(prediction) - right) <= max(2, 0.2 * right),
               f"{right} of {len(top)} heads")
@@ -88,17 +91,20 @@ def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[s
     best = {heads[i] for i in range(len(heads)) if col[i] >= col.max() - 1e-9}
     ok = answer is not None and tuple(answer) in best
     layer, h = heads[int(col.argmax())]
-    if not verdict(answer, ok, f"head {h} of {layer} gives {float(col.max()):.0%} of its attention to {kind} words "
-                               f"(the median head: {float(col.median()):.0%}).",
-                   f"answer a tuple (layer name, head index): the row of shares with the largest value in the "
-                   f"{kind!r} column (shares[:, kinds.index({kind!r})].argmax() is its index in heads)."):
+    if not verdict(answer, ok, f"head {h} of {layer} gives {float(col.max()):.0%} of its attention "
+                               f"to {kind} words (the median head: {float(col.median()):.0%}).",
+                   "answer a tuple (layer name, head index): the row of shares with the largest value "
+                   f"in the {kind!r} column "
+                   f"(shares[:, kinds.index({kind!r})].argmax() is its index in heads)."):
         return False
     where = {name.rsplit(".", 1)[-1] for name, _ in best}
-    predicted(prediction, prediction in where, f"the {kind} head sits in an {' and '.join(sorted(where))} layer")
+    predicted(prediction, prediction in where,
+              f"the {kind} head sits in an {' and '.join(sorted(where))} layer")
     return True
 
 
-def check_largest_effect(answer: str | None, effects: Mapping[str, float], prediction: str | None = None) -> bool:
+def check_largest_effect(answer: str | None, effects: Mapping[str, float],
+                         prediction: str | None = None) -> bool:
     """Exercise 3: the ablation (a key of ``effects``, e.g. "coarse", "fine") whose effect is the largest
     (ties: any). ``prediction``: the key guessed first."""
     top = max(effects.values())
@@ -106,12 +112,14 @@ def check_largest_effect(answer: str | None, effects: Mapping[str, float], predi
     rest = [v for k, v in effects.items() if k not in best]
     margin = f" ({top / max(rest):.1f}x the next)" if rest and max(rest) > 0 else ""
     ok = answer is not None and str(answer) in best
-    if not verdict(answer, ok, "effects: " + ", ".join(f"{k} {v:.3g}" for k, v in effects.items()) + margin + ".",
+    if not verdict(answer, ok,
+                   "effects: " + ", ".join(f"{k} {v:.3g}" for k, v in effects.items()) + margin + ".",
                    f"answer one of {list(effects)}: the key with the largest value."):
         return False
-    predicted(prediction, prediction in best, f"the largest effect, {top:.3g}, from {' and '.join(sorted(best))}")
+    predicted(prediction, prediction in best,
+              f"the largest effect, {top:.3g}, from {' and '.join(sorted(best))}")
     return True
 
 
-__all__ = ["Head", "check_largest_effect", "check_top_head", "check_top_kind_count", "drawn_right", "head_profiles",
-           "top_head"]
+__all__ = ["Head", "check_largest_effect", "check_top_head", "check_top_kind_count", "drawn_right",
+           "head_profiles", "top_head"]

@@ -10,11 +10,12 @@ from collections import Counter
 
 from ..capture import estimate_bytes
 from ..pipelines import MODEL_ENV
-from ..trace import Trace
+from ..traces import Trace
 from . import verdict
 
 SKIPPED = (f"skipped: set {MODEL_ENV}=/path/to/checkpoint (a diffusers folder with model_index.json) and "
-           "restart the kernel to run this lesson on your own checkpoint (see 'What this lesson needs' at the top).")
+           "restart the kernel to run this lesson on your own checkpoint "
+           "(see 'What this lesson needs' at the top).")
 
 
 def _skipped(trace) -> bool:
@@ -69,10 +70,11 @@ def check_heads_megabytes(answer: float | None, pipe, trace: Trace | None) -> bo
         return False
     right = attention_megabytes(pipe, trace, heads=True)
     ok = answer is not None and abs(float(answer) - right) <= 0.01 * right + 1e-3
-    return verdict(answer, ok, f"{right:.1f} MB with every head, {attention_megabytes(pipe, trace, False):.1f} MB "
+    return verdict(answer, ok, f"{right:.1f} MB with every head, "
+                               f"{attention_megabytes(pipe, trace, False):.1f} MB "
                                "with their mean: choose layers= and steps before keeping every head.",
-                   "diffviz.estimate_bytes(pipe, trace.height, trace.width, trace.num_steps, len(trace.tokens), "
-                   "heads=True)['attention'] / 1e6.")
+                   "diffviz.estimate_bytes(pipe, trace.height, trace.width, trace.num_steps, "
+                   "len(trace.tokens), heads=True)['attention'] / 1e6.")
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -19,7 +19,7 @@ from PIL import Image
 
 from .. import heatmap
 from ..decode import preview
-from ..trace import Trace
+from ..traces import Trace
 
 MAX_IMAGE_SIDE = 256  # pictures are stored at most this large (px); a report stays small for 512 px models
 PREVIEW_SIDE = 128  # linear previews hold latent-grid detail (64 cells for SD 1.5): larger only costs bytes

@@ -12,9 +12,8 @@ row on one step slider.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
-import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 import torch
@@ -22,9 +21,17 @@ from plotly.basedatatypes import Undefined
 from plotly.subplots import make_subplots
 
 from .. import heatmap
-from ..trace import Trace
+from ..extras import install_hint
+from ..traces import Trace
 from . import _draw as d
 from . import pictures
+
+try:
+    import anywidget  # plotly's FigureWidget is an anywidget
+    import ipywidgets as widgets
+except ImportError as err:
+    raise ImportError(f"the diffviz explorer needs {err.name}, which is not installed: "
+                      f"{install_hint('notebooks')}") from None
 
 # traces of one row of panels, in figure order: a row holds PER_ROW traces
 X0, NOISY, FINAL, UNDER, HEAT = range(5)
@@ -192,11 +199,7 @@ class Explorer(widgets.VBox):
                           margin={"t": 70 if rows == 1 else 90, "l": 50, "r": 30, "b": 40},
                           legend={"y": 0.19 if rows == 1 else 0.13, "yanchor": "middle"},
                           title={"text": "", "x": 0, "xanchor": "left", "font": {"size": 15}})
-        try:
-            return go.FigureWidget(fig)
-        except ImportError as err:  # plotly's FigureWidget is an anywidget
-            raise ImportError("diffviz.explore needs anywidget (plotly's FigureWidget is built on it): "
-                              "pip install 'diffviz[notebooks]', or pip install anywidget.") from err
+        return go.FigureWidget(fig)
 
     def _select(self) -> None:
         """Recompute the heat maps of the current words / layers / heads for every step, every row."""
@@ -517,7 +520,6 @@ export default {
 
 @functools.cache
 def _page_helper_class() -> type:
-    import anywidget  # plotly's FigureWidget needs it too
     import traitlets
 
     return type("ExplorerPage", (anywidget.AnyWidget,), {

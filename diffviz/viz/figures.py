@@ -8,14 +8,14 @@ Words are given as text (every occurrence, case-insensitive) or as an index into
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
 from .. import heatmap
-from ..trace import Trace
+from ..traces import Trace
 from . import _draw as d
 
 Word = str | int
@@ -36,8 +36,8 @@ def word_heatmap(trace: Trace, word: Word | Sequence[Word], *, steps=None, layer
 
 
 @d.one_thread
-def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 4, per_page: int | None = None,
-              steps=None, layers=None, heads=None, opacity: float = 0.6,
+def word_grid(trace: Trace, words: Sequence[Word] | None = None, *, cols: int = 4,
+              per_page: int | None = None, steps=None, layers=None, heads=None, opacity: float = 0.6,
               colorscale: str = d.HEAT_COLORS) -> go.Figure:
     """A grid of heat maps, one per word, over the image; any number of words.
 
@@ -111,7 +111,8 @@ def _page_menu(fig: go.Figure, titles: list[str], page: int) -> None:
 
 @d.one_thread
 def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=None, layers=None, heads=None,
-              vae: torch.nn.Module | None = None, opacity: float = 0.7, start: int | None = None) -> go.Figure:
+              vae: torch.nn.Module | None = None, opacity: float = 0.7,
+              start: int | None = None) -> go.Figure:
     """Denoising as an animation (one frame per step of ``steps``, default all; slider and play
     button): predicted x0, the noisy latent the U-Net saw at that step, and ``word``'s heat map at
     that step over the final image (default word: the one with the most attention). Pictures are the
@@ -153,7 +154,8 @@ def denoising(trace: Trace, word: Word | Sequence[Word] | None = None, *, steps=
                              go.Heatmap(z=maps[s].numpy())],
                        layout=dict(title_text=label(s)))
               for s in shown]
-    fig.update_layout(title=label(first), width=900, height=420, coloraxis_showscale=False, margin=dict(b=110))
+    fig.update_layout(title=label(first), width=900, height=420, coloraxis_showscale=False,
+                      margin=dict(b=110))
     return d.animate(fig, frames, active=shown.index(first))
 
 

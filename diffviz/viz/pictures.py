@@ -5,14 +5,14 @@ where plotly figures and widgets need a live kernel or JavaScript.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..decode import decode
-from ..trace import Trace
+from ..traces import Trace
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from .. import __version__
-from .report import STYLE, _figure_html
+from .html_report import STYLE, figure_html
 
 CLASSES = ("colour", "shape", "size", "relation", "article", "other")
 
@@ -20,9 +20,10 @@ def _windows(df) -> list[str]:
 
 
 def _by_class(df, column: str, title: str, y: str) -> go.Figure:
-    """Box plots of ``column`` (all steps and each window) per word class."""
+    """Box plots of ``column`` (all steps and each window) per word class (a study made with a grader),
+    else over all words."""
     fig = go.Figure()
-    classes = df["word_class"].fillna("other")
+    classes = df["word_class"].fillna("other") if "word_class" in df else ["all words"] * len(df)
     for suffix in ["", *[f"_{w}" for w in _windows(df)]]:
         name = f"{column}{suffix}"
         fig.add_box(x=classes, y=df[name], name=suffix.lstrip("_") or "all steps", boxmean=True)
@@ -70,7 +71,7 @@ def study_report(df, path: str | Path, *, title: str = "diffviz study") -> Path:
             figures.insert(0, ("Does each word look at its object?", _miou(df)))
         if "relation" in df and df["relation"].notna().any():
             figures.append(("Relations", _relations(df)))
-        parts = [f"<h2>{html.escape(t)}</h2>\n" + _figure_html(f, f"fig{i}")
+        parts = [f"<h2>{html.escape(t)}</h2>\n" + figure_html(f, f"fig{i}")
                  for i, (t, f) in enumerate(figures)]
     windows = df.attrs.get("windows", {})
     spans = "; ".join(f"{k}: steps {', '.join(f'{a}-{b - 1}' for a, b in v)}" for k, v in windows.items())

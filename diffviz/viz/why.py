@@ -14,7 +14,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..attribution import Agreement, Attribution
-from ..trace import Trace
+from ..traces import Trace
 from . import _draw as d
 
 UNITS = {"saliency": "|gradient| (summed over embedding dims)"}
@@ -31,7 +31,8 @@ def attribution_bars(a: Attribution) -> go.Figure:
     labels = d.word_labels(a)  # reads only .words
     scores = a.word_scores.numpy()
     unit = UNITS.get(a.method, "change of the region's prediction (latent units²)")
-    fig = go.Figure(go.Bar(x=labels, y=scores, marker_color=np.where(scores >= 0, ATTRIBUTION_COLOR, "#00a2c7"),
+    fig = go.Figure(go.Bar(x=labels, y=scores,
+                           marker_color=np.where(scores >= 0, ATTRIBUTION_COLOR, "#00a2c7"),
                            hovertemplate="%{x}<br>%{y:.3g}<extra></extra>"))
     fig.add_hline(y=0, line_width=1, line_color="grey")
     sub = f"sum {float(a.word_scores.sum()):.3g} of total {a.total:.3g}"
@@ -39,7 +40,8 @@ def attribution_bars(a: Attribution) -> go.Figure:
         sub += f" (convergence delta {a.delta:.2g})"
     fig.update_xaxes(title="word (prompt order)")
     fig.update_yaxes(title=unit)
-    return fig.update_layout(title=f"Which words made it: {_what(a)}<br><sup>{sub}</sup>", width=720, height=420)
+    return fig.update_layout(title=f"Which words made it: {_what(a)}<br><sup>{sub}</sup>", width=720,
+                             height=420)
 
 
 def attention_vs_attribution(g: Agreement, title: str = "") -> go.Figure:
@@ -60,8 +62,9 @@ def attention_vs_attribution(g: Agreement, title: str = "") -> go.Figure:
     rank_attr = _ranks(attr)
     for i, label in enumerate(labels):
         agree = abs(rank_att[i] - rank_attr[i]) <= 1
-        fig.add_trace(go.Scatter(x=["attention", "attribution"], y=[rank_att[i], rank_attr[i]], mode="lines+markers+text",
-                                 text=[label, label], textposition=["middle left", "middle right"], showlegend=False,
+        fig.add_trace(go.Scatter(x=["attention", "attribution"], y=[rank_att[i], rank_attr[i]],
+                                 mode="lines+markers+text", text=[label, label],
+                                 textposition=["middle left", "middle right"], showlegend=False,
                                  line=dict(color="#2ca02c" if agree else "#999999", width=2),
                                  hovertemplate=f"{label}<br>%{{x}} rank %{{y}}<extra></extra>"), row=1, col=2)
     fig.update_yaxes(autorange="reversed", dtick=1, row=1, col=2)
@@ -97,7 +100,8 @@ def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> g
     fig.add_trace(d.image_trace(trace, uri, "image"), row=1, col=1)
     fig.add_trace(d.heat_trace(trace, att, opacity=opacity), row=1, col=1)
     fig.add_trace(d.image_trace(trace, uri, "image"), row=1, col=2)
-    signed = d.heat_trace(trace, m, opacity=opacity, colorscale=d.SIGNED_COLORS, showscale=True, name="contribution")
+    signed = d.heat_trace(trace, m, opacity=opacity, colorscale=d.SIGNED_COLORS, showscale=True,
+                          name="contribution")
     signed.update(zmin=-lim, zmax=lim, colorbar=dict(title="contribution"),
                   hovertemplate="x %{x:.0f} px, y %{y:.0f} px<br>contribution %{z:.3g}<extra></extra>")
     fig.add_trace(signed, row=1, col=2)

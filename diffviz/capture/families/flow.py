@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Family
+from .base import Family
 
 
 class FlowMatching(Family):

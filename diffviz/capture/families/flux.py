@@ -18,15 +18,19 @@ from types import SimpleNamespace
 
 import torch
 
-from ...trace import Layer
+from ...traces import Layer
 from .. import joint
-from . import CaptureError, PromptTokens, TransformerDenoiser, padded_ids, require_processor, t5
+from ..processor import qk_norm
+from . import t5
+from .base import CaptureError, PromptTokens, TransformerDenoiser, padded_ids, register, require_processor
 from .flow import FlowMatching
 
 
+@register
 class FluxFamily(TransformerDenoiser, FlowMatching):
     name = "flux"
     pipelines = "FluxPipeline and its Img2Img/Inpaint variants (Flux.1-dev, -schnell: a DiT read by T5)"
+    joint = True
     transformer_class = "FluxTransformer2DModel"
     classifier_free = False  # Flux-dev distils guidance into the model; true CFG is refused
 
@@ -137,8 +141,7 @@ class FluxProcessor:
         query = query.unflatten(-1, (-1, attn.head_dim))
         key = key.unflatten(-1, (-1, attn.head_dim))
         value = value.unflatten(-1, (-1, attn.head_dim))
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
+        query, key = qk_norm(attn, query, key)
         if attn.added_kv_proj_dim is not None:
             encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
             encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
@@ -177,7 +180,8 @@ class FluxProcessor:
         if encoder_hidden_states is not None:
             self.text.n = encoder_hidden_states.shape[1]  # double-stream blocks run before single-stream ones
         watch = self.sink is not None and self.sink.wants(self.layer)
-        if not watch and self.edit is None:
+        own = self.sink is not None and self.sink.wants_self(self.layer)
+        if not (watch or own) and self.edit is None:
             return
         n = self.text.n
         if n is None:
@@ -193,7 +197,9 @@ class FluxProcessor:
                                          functools.partial(self.edit, self.layer))
             out[:, n:] = edited.transpose(1, 2)
         if watch:
-            self.sink.keep(self.layer, self.scaled, q[:, :, n:], k[:, :, :n], probs)
+            joint.keep(self.sink, self.layer, self.scaled, q[:, :, n:], k[:, :, n:], k[:, :, :n], probs)
+        if own:
+            self.sink.keep_self(self.layer, self.scaled, q[:, :, n:], k[:, :, n:])
 
 
 class FluxStepModel:

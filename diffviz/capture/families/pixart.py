@@ -12,18 +12,21 @@ import inspect
 
 import torch
 
-from ...trace import Layer
-from . import Family, PromptTokens, TransformerDenoiser, padded_ids, t5
-from .sd import SDFamily
+from ...traces import Layer, guide
+from ..processor import cross_attention
+from . import t5
+from .base import PromptTokens, TransformerDenoiser, padded_ids, register
+from .ddpm import DDPMSchedule
 
 
-class PixArtFamily(TransformerDenoiser, SDFamily):
+@register
+class PixArtFamily(TransformerDenoiser, DDPMSchedule):
     name = "pixart"
     pipelines = "PixArtAlphaPipeline, PixArtSigmaPipeline (DiT with cross-attention over T5)"
     transformer_class = "PixArtTransformer2DModel"
 
     def __init__(self, pipe):
-        Family.__init__(self, pipe)  # not SD's: no U-Net, no CLIP
+        super().__init__(pipe)
         self._guidance: float | None = None  # classifier-free guidance scale of the running call; None: none
         self._n_text: int | None = None  # T5 positions the transformer reads (max_sequence_length)
 
@@ -37,6 +40,9 @@ class PixArtFamily(TransformerDenoiser, SDFamily):
         size = self.token_grid(latent)
         return [Layer(f"transformer_blocks.{i}.attn1", size, b.attn1.heads, f"self {i}", "self")
                 for i, b in enumerate(self.denoiser.transformer_blocks)]
+
+    def processor(self, name: str, original, sink, edit):
+        return cross_attention(name, original, sink, edit)
 
     def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
         self._guidance = self._running_guidance()
@@ -145,8 +151,7 @@ class PixArtStepModel:
                             timestep=self.t.expand(x.shape[0]), added_cond_kwargs=added, return_dict=False)
         out = self.family.prediction(out).float()
         if self.cfg:
-            u, c = out.chunk(2)
-            out = u + self.trace.guidance_scale * (c - u)
+            out = guide(*out.chunk(2), self.trace.guidance_scale)
         if self.target == "noise":
             return out
         return self.family.x0(out, self.t, x[:n]).float()

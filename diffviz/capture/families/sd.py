@@ -14,18 +14,17 @@ from collections.abc import Sequence
 
 import torch
 
-from ...trace import Layer, Token, Trace
-from ..processor import CrossAttnProcessor, wrap
-from . import CaptureError, Family, PromptTokens, padded_ids
+from ...traces import Layer, Token, Trace, guide
+from ..processor import cross_attention
+from .base import PromptTokens, padded_ids, register
+from .ddpm import DDPMSchedule
 
-# processors that compute plain softmax attention: an edit may replace them (it computes the same maths)
-PLAIN = {"AttnProcessor", "AttnProcessor2_0", "SlicedAttnProcessor", "XFormersAttnProcessor", "AttnProcessorNPU",
-         "FusedAttnProcessor2_0"}
 BLOCK_ORDER = {"down": 0, "mid": 1, "up": 2}
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 
-class SDFamily(Family):
+@register
+class SDFamily(DDPMSchedule):
     name = "sd"
     pipelines = ("StableDiffusionPipeline, StableDiffusionXLPipeline and their Img2Img/Inpaint variants (any "
                  "diffusers pipeline with a UNet2DConditionModel and a CLIP text encoder)")
@@ -80,7 +79,8 @@ class SDFamily(Family):
             else:
                 level = n_down - 1
             same_kind = list(dict.fromkeys(b for b in block_of.values() if b.startswith(parts[0] + ".")))
-            nth = "" if kind == "mid" else ORDINALS[min(same_kind.index(block_of[name]), len(ORDINALS) - 1)] + " "
+            nth = ("" if kind == "mid"
+                   else ORDINALS[min(same_kind.index(block_of[name]), len(ORDINALS) - 1)] + " ")
             siblings = [n for n in found if block_of[n] == block_of[name] and n.endswith(last)]
             which = f" ({siblings.index(name) + 1} of {len(siblings)})" if len(siblings) > 1 else ""
             suffix = ", attn1" if prompt and last == "attn1" else ""
@@ -96,20 +96,7 @@ class SDFamily(Family):
         return _described(self._self_specs, latent)
 
     def processor(self, name: str, original, sink, edit):
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        if edit is None:
-            if type(original) is AttnProcessor2_0:  # computed inline: the maps cost no extra projection
-                return CrossAttnProcessor(name, sink)
-            return wrap(name, original, sink)
-        cls = type(original)
-        if cls.__name__ in PLAIN and cls.__module__.startswith("diffusers."):
-            return CrossAttnProcessor(name, sink, edit)
-        raise CaptureError(
-            f"layer {name!r} runs a {cls.__name__}, which changes the attention in its own way: an edit would "
-            "replace it and silently drop its effect. Edit other layers (layers=...), or remove it first (e.g. "
-            "pipe.unload_ip_adapter(), or pipe.unet.set_default_attn_processor())."
-        )
+        return cross_attention(name, original, sink, edit)
 
     # ---- the prompt ------------------------------------------------------------------------------
     def text_encoders(self) -> list[torch.nn.Module]:
@@ -125,32 +112,6 @@ class SDFamily(Family):
             out.negative_prompt = tok.decode(neg[1:m])
         return out
 
-    # ---- the schedule ------------------------------------------------------------------------------
-    def _alpha_bar(self, t) -> torch.Tensor:
-        """alpha_bar at (possibly fractional) timesteps ``t``, interpolated in alphas_cumprod."""
-        ac = self.pipe.scheduler.alphas_cumprod.float().cpu()
-        t = torch.as_tensor(t, dtype=torch.float32).cpu().clamp(0, len(ac) - 1)
-        lo = t.floor().long()
-        hi = (lo + 1).clamp(max=len(ac) - 1)
-        return ac[lo] + (t - lo) * (ac[hi] - ac[lo])
-
-    def schedule(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha_bar = self._alpha_bar(t)
-        return alpha_bar, ((1 - alpha_bar) / alpha_bar).sqrt()
-
-    def x0(self, model_output: torch.Tensor, t, sample: torch.Tensor) -> torch.Tensor:
-        """x0 for schedulers that do not return it (DPM-Solver, PNDM, UniPC): VP parameterisation."""
-        ab = self._alpha_bar(t).to(sample.device, torch.float32)
-        kind = self.pipe.scheduler.config.get("prediction_type", "epsilon")
-        x, e = sample.float(), model_output.float()
-        if kind == "v_prediction":
-            x0 = ab.sqrt() * x - (1 - ab).sqrt() * e
-        elif kind == "sample":
-            x0 = e
-        else:
-            x0 = (x - (1 - ab).sqrt() * e) / ab.sqrt()
-        return x0.to(sample.dtype)
-
     def latent_channels(self) -> int:
         config = self.pipe.unet.config
         return config.in_channels if config.in_channels <= 4 else config.out_channels  # inpainting: 9 in
@@ -160,7 +121,8 @@ class SDFamily(Family):
 
 
 def _described(specs, latent: tuple[int, int]) -> list[Layer]:
-    return [Layer(name, (math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)), heads, label, block)
+    return [Layer(name, (math.ceil(latent[0] / 2**level), math.ceil(latent[1] / 2**level)), heads, label,
+                  block)
             for name, level, block, label, heads in specs]
 
 
@@ -198,7 +160,8 @@ class SDStepModel:
         self.denoiser = pipe.unet
         self.device = pipe.unet.device
         self.xl = getattr(pipe, "text_encoder_2", None) is not None
-        self.encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        self.encoders = [e for e in (getattr(pipe, "text_encoder", None),
+                                     getattr(pipe, "text_encoder_2", None))
                          if e is not None]
         self.tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if self.xl else [pipe.tokenizer]
         self.ids = [self._tokenize(t, trace.prompt) for t in self.tokenizers]
@@ -260,11 +223,11 @@ class SDStepModel:
             pooled = None if pooled is None else torch.cat([up.expand(n, -1), pooled])
             x = torch.cat([x, x])
         if self.xl:
-            kw["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self.time_ids.expand(x.shape[0], -1)}
+            kw["added_cond_kwargs"] = {"text_embeds": pooled,
+                                       "time_ids": self.time_ids.expand(x.shape[0], -1)}
         out = self.pipe.unet(x, self.t, encoder_hidden_states=embeds, **kw, return_dict=False)[0].float()
         if self.cfg:
-            u, c = out.chunk(2)
-            out = u + self.trace.guidance_scale * (c - u)
+            out = guide(*out.chunk(2), self.trace.guidance_scale)
         if self.target == "noise":
             return out
         x = x[:n]

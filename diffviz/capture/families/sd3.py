@@ -16,17 +16,20 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ...trace import Layer, Token
+from ...traces import Layer, Token, guide
 from .. import joint
 from ..processor import split_heads
-from . import PromptTokens, TransformerDenoiser, require_processor, t5
+from . import t5
+from .base import PromptTokens, TransformerDenoiser, register, require_processor
 from .flow import FlowMatching
 from .sd import clip_tokens
 
 
+@register
 class SD3Family(TransformerDenoiser, FlowMatching):
     name = "sd3"
     pipelines = "StableDiffusion3Pipeline and its Img2Img/Inpaint variants (SD3, SD3.5: MMDiT, CLIP and T5)"
+    joint = True
     transformer_class = "SD3Transformer2DModel"
     _n_text: int | None = None  # text keys (77 + T5's), read at the first denoiser call
 
@@ -115,7 +118,9 @@ class JointProcessor:
                                           functools.partial(self.edit, self.layer))
                 hidden_states = torch.cat([out, hidden_states[:, :, n:]], dim=2)
             if self.sink is not None and self.sink.wants(self.layer):
-                self.sink.keep(self.layer, attn, query[:, :, :n], key[:, :, n:], probs)
+                joint.keep(self.sink, self.layer, attn, query[:, :, :n], key[:, :, :n], key[:, :, n:], probs)
+            if self.sink is not None and self.sink.wants_self(self.layer):
+                self.sink.keep_self(self.layer, attn, query[:, :, :n], key[:, :, :n])
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * query.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
 
@@ -196,8 +201,7 @@ class SD3StepModel:
         out = self.denoiser(hidden_states=x, timestep=self.t.expand(x.shape[0]), encoder_hidden_states=embeds,
                             pooled_projections=pooled, return_dict=False)[0].float()
         if self.cfg:
-            u, c = out.chunk(2)
-            out = u + self.trace.guidance_scale * (c - u)
+            out = guide(*out.chunk(2), self.trace.guidance_scale)
         if self.target == "noise":
             return out
         return self.latent - self.sigma * out

@@ -1,9 +1,11 @@
-"""Words from T5 tokens (SentencePiece pieces), and one prompt's words matched across text encoders.
+"""Words from T5 tokens, and one prompt's words matched across text encoders.
 
-T5 marks the first piece of a word with ``"▁"`` ("▁circle", or "▁" followed by character pieces for a
-word it does not know). diffviz makes a word of each run of pieces that starts at a ``"▁"``, and of
-each punctuation piece on its own (CLIP splits punctuation off a word the same way, so SD3's CLIP and
-T5 readings of a prompt give the same words). ``</s>`` and ``<pad>`` belong to no word.
+A T5 tokenizer may mark a word's first piece with SentencePiece's ``"▁"`` ("▁circle", or "▁" followed by
+character pieces for a word it does not know), or split on whitespace first and mark nothing. So diffviz
+asks the tokenizer's own decoder: a piece starts a word when decoding it after the piece before puts
+whitespace between them. Each punctuation piece is a word of its own (CLIP splits punctuation off a word
+the same way, so SD3's CLIP and T5 readings of a prompt give the same words). ``</s>`` and ``<pad>``
+belong to no word.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ import string
 
 import torch
 
-from ...trace import Token
+from ...traces import Token
 
-WORD_START = "\u2581"  # "▁"
 _PUNCTUATION = set(string.punctuation)
+
+
+def starts_word(tokenizer, previous: int, piece: int) -> bool:
+    """Whether token ``piece`` begins a new word after token ``previous``: the decoder puts whitespace
+    between them (SentencePiece's "▁", a whitespace pre-tokenizer's join, byte-level BPE's "Ġ")."""
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    return text([previous, piece]) != text([previous]) + text([piece]) or text([piece])[:1].isspace()
 
 
 def read(tokenizer, row: list[int], offset: int = 0,
@@ -27,19 +37,20 @@ def read(tokenizer, row: list[int], offset: int = 0,
     end = tokenizer.eos_token_id
     n = row.index(end) if end in row else len(row)
     specials = set(tokenizer.all_special_ids)
-    words: list[str] = []
+    word_ids: list[list[int]] = []
     tokens: list[Token] = []
-    previous_punct = True
+    previous, previous_punct = None, True
     for i, (piece, tid) in enumerate(zip(pieces, row, strict=True)):
         word = None
         if i < n and tid not in specials:
-            text = piece.removeprefix(WORD_START)
+            text = tokenizer.decode([tid], clean_up_tokenization_spaces=False).strip()
             punct = bool(text) and all(c in _PUNCTUATION for c in text)
-            if piece.startswith(WORD_START) or punct or previous_punct or not words:
-                words.append("")
-            words[-1] += text
-            word, previous_punct = len(words) - 1, punct
+            if punct or previous_punct or previous is None or starts_word(tokenizer, previous, tid):
+                word_ids.append([])
+            word_ids[-1].append(tid)
+            word, previous, previous_punct = len(word_ids) - 1, tid, punct
         tokens.append(Token(offset + i, piece, word, encoder))
+    words = [tokenizer.decode(ids, clean_up_tokenization_spaces=False).strip() for ids in word_ids]
     prompt = tokenizer.decode(row[:n], skip_special_tokens=True)
     return prompt, words, tokens, [offset + n] if n < len(row) else []
 

@@ -16,7 +16,7 @@ from plotly.offline import get_plotlyjs
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..trace import Trace
+from ..traces import Trace
 from . import _draw as d
 from . import figures
 
@@ -34,13 +34,15 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 
 @d.one_thread
 def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
-           vae: torch.nn.Module | None = None, progress: bool = False) -> Path:
+           vae: torch.nn.Module | None = None, progress: bool = False,
+           notes: dict[str, str] | None = None) -> Path:
     """Write one self-contained HTML report of ``trace`` to ``path``; returns the path.
 
     Sections: denoising (animated), where each word looks, when each word matters, where in the
     U-Net ``word`` acts (default: the word with the most attention), classifier-free guidance (when
     the trace has it), noise schedule and the final latent's channels. ``vae``: decode predicted x0
-    exactly instead of the fast preview. ``progress``: a progress bar over the sections.
+    exactly instead of the fast preview. ``progress``: a progress bar over the sections. ``notes``: more
+    rows for the table beside the image, e.g. {"judge": diffviz.classroom.judge.describe(prompt, image)}.
     """
     path = Path(path)
     if trace.num_steps == 0:
@@ -52,28 +54,30 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
     shown = "" if frames is None else f" Showing {len(frames)} of the {trace.num_steps} steps."
     sections = [
         ("Denoising, step by step",
-         f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy "
-         f"latent it was given. Right: where “{label}” sent its information at that step. It opens at the first "
-         f"step where signal outweighs noise; drag the slider back to step 0 to see the guesses made from "
-         f"almost pure noise, or press play.{shown}",
+         (f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy "
+          f"latent it was given. Right: where “{label}” sent its information at that step. "
+          f"It opens at the first step where signal outweighs noise; drag the slider back to step 0 to see "
+          f"the guesses made from almost pure noise, or press play.{shown}"),
          lambda: figures.denoising(trace, word, steps=frames, vae=vae)),
         ("Where each word looks",
-         "Each word's cross-attention, averaged over all steps and layers, over the final image. Bright: the "
-         "pixels that read this word. A word that occurs twice is one map with both occurrences summed, as "
-         "trace.word_heatmap(word) gives it.", lambda: figures.word_grid(trace, per_page=GRID_PAGE)),
+         ("Each word's cross-attention, averaged over all steps and layers, over the final image. "
+          "Bright: the pixels that read this word. A word that occurs twice is one map with both "
+          "occurrences summed, as trace.word_heatmap(word) gives it."),
+         lambda: figures.word_grid(trace, per_page=GRID_PAGE)),
         ("When each word matters",
-         "Each word's share of the attention the prompt's words receive, per step. Words that act early "
-         "shape the layout; words that act late shape details.", lambda: figures.word_mass(trace)),
+         ("Each word's share of the attention the prompt's words receive, per step. Words that act early "
+          "shape the layout; words that act late shape details."), lambda: figures.word_mass(trace)),
         (f"Where in the U-Net “{label}” acts",
-         "One row per prompt-reading attention layer, in the order the model runs them (in a U-Net: coarse layers in the middle).",
+         ("One row per prompt-reading attention layer, in the order the model runs them "
+          "(in a U-Net: coarse layers in the middle)."),
          lambda: figures.layer_step(trace, word)),
     ]
     if trace.noise_uncond is not None:
         sections.append((
             "What guidance does",
-            f"The model predicts the noise twice: without the prompt and with it. Their difference is what "
-            f"the prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance "
-            f"scale).{shown}",
+            (f"The model predicts the noise twice: without the prompt and with it. Their difference is what "
+             f"the prompt adds; the sampler exaggerates it {trace.guidance_scale:g} times (the guidance "
+             f"scale).{shown}"),
             lambda: figures.guidance(trace, steps=frames)))
     sections += [
         ("Noise schedule",
@@ -86,9 +90,9 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
     bar = tqdm(sections, desc="report", unit="figure", disable=not progress)
     for i, (title, note, make) in enumerate(bar):
         parts.append(f"<h2>{html.escape(title)}</h2>\n<p class='note'>{html.escape(note)}</p>\n"
-                     + _figure_html(make(), f"fig{i}"))
+                     + figure_html(make(), f"fig{i}"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(trace, parts), encoding="utf-8")
+    path.write_text(_page(trace, parts, notes or {}), encoding="utf-8")
     return path
 
 
@@ -99,14 +103,13 @@ def _frame_steps(n: int) -> list[int] | None:
     return sorted({round(i * (n - 1) / (MAX_FRAMES - 1)) for i in range(MAX_FRAMES)})
 
 
-def _figure_html(fig: go.Figure, div_id: str) -> str:
+def figure_html(fig: go.Figure, div_id: str) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, auto_play=False,
                        config=dict(displaylogo=False, responsive=True))
 
 
-def _page(trace: Trace, parts: list[str]) -> str:
-    rows = [("prompt", trace.prompt), ("negative prompt", trace.negative_prompt or "(none)"),
-            *[("judge", v) for v in [classroom_verdict(trace)] if v],
+def _page(trace: Trace, parts: list[str], notes: dict[str, str]) -> str:
+    rows = [("prompt", trace.prompt), ("negative prompt", trace.negative_prompt or "(none)"), *notes.items(),
             ("model", trace.model.get("name") or trace.model.get("pipeline", "?")),
             ("scheduler", f"{trace.scheduler.get('name', '?')}, {trace.num_steps} steps"),
             ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"),
@@ -125,39 +128,3 @@ def _page(trace: Trace, parts: list[str]) -> str:
 <p class="meta">Made with diffviz {__version__}. Works offline: everything is in this file.</p>
 </body></html>
 """
-
-
-def classroom_verdict(trace: Trace) -> str | None:
-    """For a trace of the classroom model, what ``diffviz.classroom.judge`` sees in its image beside what
-    was asked: "✗ drawn: a red square left of a blue circle; asked: a red circle left of a blue square".
-    None for other models, traces without an image, and prompts outside the classroom grammar."""
-    name = str(trace.model.get("name", "")).replace("\\", "/").rstrip("/")
-    if trace.image is None or not name.endswith("classroom/weights"):
-        return None
-    from ..classroom import parse_caption
-    from ..classroom.judge import judge
-
-    try:
-        parse_caption(trace.prompt)
-    except ValueError:
-        return None
-    verdict = judge(trace.prompt, trace.image.numpy())
-    drawn = _drawn(verdict["found"])
-    if verdict["correct"]:
-        return f"✓ drawn as asked: {drawn}"
-    return f"✗ drawn: {drawn}; asked: {trace.prompt}"
-
-
-def _drawn(found: list) -> str:
-    """The judge's objects as a caption: "a red square", "a red square left of a blue circle"."""
-    names = [f"a {o.colour} {o.shape}" for o in found]
-    if not found:
-        return "no shape it recognises"
-    if len(found) != 2:
-        return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
-    (ax, ay), (bx, by) = found[0].centre, found[1].centre
-    if abs(ax - bx) >= abs(ay - by):
-        first, second = (0, 1) if ax <= bx else (1, 0)
-        return f"{names[first]} left of {names[second]}"
-    first, second = (0, 1) if ay <= by else (1, 0)
-    return f"{names[first]} above {names[second]}"

@@ -6,17 +6,15 @@ the model), so a trace made on a GPU opens on a laptop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from . import heatmap
 from .decode import decode, preview
-
-Steps = int | slice | Sequence[int] | None
-Layers = str | Sequence[str] | None
+from .select import Layers, Steps, find_word, select_layers, select_steps
 
 
 @dataclass(frozen=True)
@@ -50,38 +48,9 @@ class Layer:
         return self.label or self.name
 
 
-def select_layers(layers: Sequence[Layer], wanted: Layers = None, *, what: str = "captured layer") -> list[str]:
-    """Names of ``layers`` (in their order) picked by ``wanted``: None for all, or one or several of an
-    exact name, a dotted prefix or suffix at a dot ("up_blocks.1" is not "up_blocks.10"; "attn1"), a block
-    ("down", "mid", "up"; "joint", "single") or a resolution ("16x16"). The one layer selector of diffviz."""
-    if wanted is None:
-        return [l.name for l in layers]
-    picked: set[str] = set()
-    for w in [wanted] if isinstance(wanted, str) else list(wanted):
-        hits = {l.name for l in layers
-                if w in (l.name, l.block, l.resolution) or l.name.startswith(f"{w}.") or l.name.endswith(f".{w}")}
-        if not hits:
-            blocks = list(dict.fromkeys(l.block for l in layers if l.block))
-            sizes = sorted({l.resolution for l in layers}, key=lambda r: -int(r.split("x")[0]))
-            raise ValueError(
-                f"no {what} matches {w!r}. Give a block {blocks}, a resolution {sizes}, or a module path or "
-                f"part of one at a dot, e.g. {layers[0].name!r}." if layers else f"there is no {what} to select."
-            )
-        picked |= hits
-    return [l.name for l in layers if l.name in picked]
-
-
-def find_word(words: Sequence[str], prompt: str, word: str | int) -> list[int]:
-    """Indices into ``words`` (the words of ``prompt``) for a word (every occurrence, case-insensitive) or
-    a word index; KeyError / IndexError naming the prompt's words."""
-    if isinstance(word, int):
-        if not 0 <= word < len(words):
-            raise IndexError(f"word index {word} is out of range: the prompt has {len(words)} words {list(words)}.")
-        return [word]
-    hits = [i for i, w in enumerate(words) if w.lower() == str(word).lower().strip()]
-    if not hits:
-        raise KeyError(f"{word!r} is not a word of the prompt {prompt!r}; its words are {list(words)}.")
-    return hits
+def guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance, the prediction the sampler uses: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
 
 
 @dataclass
@@ -125,14 +94,14 @@ class Trace:
         """[step, C, h, w] uncond + guidance_scale * (cond - uncond), the prediction the sampler used."""
         if self.noise_uncond is None:
             return self.noise_cond
-        return self.noise_uncond + self.guidance_scale * (self.noise_cond - self.noise_uncond)
+        return guide(self.noise_uncond, self.noise_cond, self.guidance_scale)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the trace's tensors (what a saved file costs, to a few kB of metadata)."""
         tensors = [self.timesteps, self.alpha_bar, self.sigma, self.latents, self.x0, self.noise_cond,
-                   self.noise_uncond, self.image, self.preview_weight, *self.attn.values(), *self.attn_uncond.values(),
-                   *self.self_attn.values()]
+                   self.noise_uncond, self.image, self.preview_weight, *self.attn.values(),
+                   *self.attn_uncond.values(), *self.self_attn.values()]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def __repr__(self) -> str:
@@ -146,16 +115,7 @@ class Trace:
     # ---- selections ---------------------------------------------------------------------------
     def step_indices(self, steps: Steps = None) -> list[int]:
         """Validate ``steps`` (int, slice, list, None = all; negative counts from the end)."""
-        n = self.num_steps
-        if steps is None:
-            return list(range(n))
-        if isinstance(steps, slice):
-            return list(range(n))[steps]
-        picked = [steps] if isinstance(steps, int) else list(steps)
-        for s in picked:
-            if not -n <= int(s) < n:
-                raise IndexError(f"step {s} is out of range: this trace has {n} steps (0..{n - 1}).")
-        return [int(s) % n for s in picked]
+        return select_steps(self.num_steps, steps, what="this trace")
 
     def layer_names(self, layers: Layers = None) -> list[str]:
         """Captured layers picked by ``layers`` (see ``select_layers``), in run order; None: all."""
