@@ -72,7 +72,9 @@ class Attribution:
     delta: float | None  # captum's convergence delta (integrated gradients only)
     region: torch.Tensor  # [H, W] float32 pixel weights of the attributed region
     word: str | None = None  # the word of ``pixel_map``
-    pixel_map: torch.Tensor | None = None  # [H, W] float32, signed: that word's contribution per pixel
+    # [H, W] float32, signed: padding occlusion of ``word`` (the prediction minus the prediction with only
+    # that word replaced by padding, along the attribution direction), per pixel; whatever ``method`` is
+    pixel_map: torch.Tensor | None = None
     # (same units as the scores; its region-weighted mean is the word's own effect on F)
 
     def ranking(self) -> list[str]:

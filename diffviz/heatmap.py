@@ -57,7 +57,7 @@ def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layer
         # [step, head, token, h, w]; picking the tokens first copies less
         maps = store[name][:, :, list(token_idx)][list(steps)]
         if heads is not None:
-            maps = maps[:, _head_indices(trace, maps.shape[1], heads)]
+            maps = maps[:, head_indices(trace, maps.shape[1], heads)]
         m = maps.float().sum(2).mean(1)  # [step, h, w]
         key = tuple(m.shape[-2:])
         by_size[key] = by_size[key] + m if key in by_size else m
@@ -100,7 +100,7 @@ def daam(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layers: S
     for name in picked:
         maps = store[name][:, :, list(token_idx)][list(steps)].float().mean(0)  # [head, token, h, w]
         if heads is not None:
-            maps = maps[_head_indices(trace, maps.shape[0], heads)]
+            maps = maps[head_indices(trace, maps.shape[0], heads)]
         weight = heads_of[name] if maps.shape[0] == 1 and heads is None else 1  # a head mean stands for all
         up = F.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp_(min=0)
         total += weight * up.mean(1).sum(0)  # mean over tokens, summed over heads
@@ -108,7 +108,9 @@ def daam(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layers: S
     return total / pairs
 
 
-def _head_indices(trace: Trace, stored: int, heads: int | Sequence[int]) -> list[int]:
+def head_indices(trace: Trace, stored: int, heads: int | Sequence[int]) -> list[int]:
+    """Indices into a stored head axis of ``stored`` heads for ``heads`` (one or several); ValueError when
+    the trace keeps only the head mean, or a head is out of range."""
     picked = [heads] if isinstance(heads, int) else list(heads)
     if not trace.options.get("heads"):
         raise ValueError("this trace stores the mean over heads; capture with "

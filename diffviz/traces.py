@@ -197,7 +197,7 @@ class Trace:
         for name in names:
             maps = self.self_attn[name][steps][:, :, query]  # [step, head, h, w]
             if heads is not None:
-                maps = maps[:, heatmap._head_indices(self, maps.shape[1], heads)]
+                maps = maps[:, heatmap.head_indices(self, maps.shape[1], heads)]
             total += heatmap.upsample(maps.float().mean((0, 1)), grid)
         out = heatmap.upsample(total / len(names), size or (self.height, self.width))
         return heatmap.normalize(out) if normalize else out

@@ -39,5 +39,8 @@ for snap in "$RUN"/ckpt/snapshots/step_*; do  # the learning curve: each snapsho
 done
 python benchmarks/classroom_quality.py --weights "$RUN/model" --threads 2 $SCORE --json "$RUN/quality.json"
 python benchmarks/classroom_quality.py --threads 2 $SCORE --json "$RUN/quality_shipped.json"
+CURVE="diffviz/classroom/weights/learning_curve_v3.png"; [ "${TINY:-0}" = 1 ] && CURVE="$RUN/learning_curve.png"
+python scripts/plot_learning_curve.py "$RUN" --out "$CURVE" --reference "shipped=$RUN/quality_shipped.json" \
+    || echo "no learning-curve picture (plotly's PNG export needs kaleido and a Chromium)"
 DRY=""; [ "${TINY:-0}" = 1 ] && DRY="--dry-run"
 python scripts/ship_classroom_model.py "$RUN" $DRY

@@ -213,8 +213,11 @@ def check_reversed(prediction: str | None, image, reversed_image) -> bool:
     return verdict(prediction, answer == right,
                    f"{right} (RMS difference {d:.4f}): cross-attention sums over the tokens, "
                    "whatever their order; a word's place is only its position embedding.",
-                   f"answer one of {REVERSED_ANSWERS}. Each pixel's query scores every token and sums "
-                   "their values: does a sum depend on the order of its terms?")
+                   f"answer one of {REVERSED_ANSWERS}. To reason it out, write one pixel's cross-attention "
+                   "output as a formula over the 77 token states (lesson 2) and follow what reordering the "
+                   "rows does to it. To measure it, show pictures.strip([base, reversed_image]) and compute "
+                   "lesson4.distance(base, reversed_image), the RMS difference: under 1/255 counts as "
+                   "\"not at all\".")
 
 
 def check_first_learnt(prediction: str | None, gains: dict[str, float]) -> bool:
@@ -223,17 +226,19 @@ def check_first_learnt(prediction: str | None, gains: dict[str, float]) -> bool:
     answer = None if prediction is None else str(prediction).strip().lower()
     ranked = ", ".join(f"{e} {g:.1e}" for e, g in sorted(gains.items(), key=lambda kv: -kv[1]))
     return verdict(prediction, answer == right, f"{right}: {ranked}.",
-                   f"one of {EDITS}. Which part of a caption changes the most pixels of a picture?")
+                   f"one of {EDITS}. The table above prints each edit's gain every 100 steps: which gain "
+                   "of its last row (tiny_gains) stands far above the same edit's gain in the row of step 0, "
+                   "the untrained model, whose gains are measurement noise?")
 
 
 def check_ignored(prediction, gains: dict[str, float]) -> bool:
-    """Exercise: the set of edits the model ignores (``ignored(gains)``), e.g. ``{"order"}``."""
+    """Exercise: the set of edits the model ignores (``ignored(gains)``), e.g. ``{"shape"}``."""
     right = ignored(gains)
     answer = None if prediction is None else {str(e).strip().lower() for e in prediction}
     return verdict(prediction, answer == right,
                    f"{sorted(right)}: each is worth under 5% of what {max(gains, key=gains.get)} is worth.",
-                   f"a set of names from {EDITS}. Which edits need the model to know which word belongs "
-                   "to which object?")
+                   f"a set of names from {EDITS}. Compare each gain printed above (shipped_gains) with the "
+                   "largest one: an edit worth under 5% of it is one the model ignores.")
 
 
 __all__ = ["EDITS", "REVERSED_ANSWERS", "check_first_learnt", "check_ignored", "check_reversed",

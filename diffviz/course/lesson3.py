@@ -74,8 +74,12 @@ def check_overshoot(answer, trace: Trace, step: int, real_std: float,
     latents); ``prediction``: the ratio guessed before."""
     right = overshoot(trace, step, real_std)
     ok = answer is not None and abs(float(answer) - right) <= 0.02 * right
+    s = f"{trace.guidance_scale:g}"
+    hint = (f"measure the scale-{s} run of the sweep (sweep[{s}]), not the running example `trace`: the "
+            f"size (standard deviation) of its predicted x0 at step EARLY = {step}, against the size of real "
+            "latents (real_z); the answer is one number.")
     if not verdict(answer, ok, f"at step {step} the guess is {right:.2f} times the size of real latents.",
-                   f"take trace.x0[{step}].std() and divide by the real latents' std (real_z.std())."):
+                   hint):
         return False
     close = prediction is not None and abs(float(prediction) - right) <= 0.25 * right
     predicted(prediction, close, f"a ratio of {right:.2f} at guidance {trace.guidance_scale:g}")

@@ -85,14 +85,16 @@ def _ranks(x: torch.Tensor) -> list[int]:
 @d.one_thread
 def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> go.Figure:
     """The attributed word two ways, over the final image: where it looks (its attention at the step,
-    normalised) and what it changed (its signed per-pixel contribution, red = towards the prediction,
-    blue = away). The attributed region is outlined. Needs ``attribute(..., word=...)``."""
+    normalised) and what it changed, by padding occlusion (``a.pixel_map``: per pixel, how the prediction
+    moves when only this word is replaced by padding; red = towards the prediction, blue = away), whatever
+    ``a.method`` scored the words. The attributed region is outlined. Needs ``attribute(..., word=...)``."""
     if a.pixel_map is None or a.word is None:
         raise ValueError("this attribution has no per-pixel map; call diffviz.attribute(..., word='circle').")
     if not 0 <= opacity <= 1:
         raise ValueError(f"opacity must be between 0 and 1, not {opacity!r}.")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.06,
-                        subplot_titles=[f"where “{a.word}” looks (attention)", f"what “{a.word}” changed"])
+                        subplot_titles=[f"where “{a.word}” looks (attention)",
+                                        f"what “{a.word}” changed (padding occlusion)"])
     uri = d.png_uri(d.final_image(trace))
     att = trace.heatmap(a.word, steps=a.step, size=d.heat_size(trace))
     m = a.pixel_map.numpy()
@@ -113,7 +115,10 @@ def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> g
                 name="region", showlegend=False), row=1, col=c)
     for c in (1, 2):
         d.image_axes(fig, trace, 1, c)
-    return fig.update_layout(title=f"“{a.word}”: {_what(a)}", width=820, height=440)
+    region = "whole image" if bool((a.region > 0).all()) else "region"
+    title = (f"“{a.word}”: attention and padding occlusion, {a.target} at step {a.step} "
+             f"(t={a.timestep:g}), {region}")
+    return fig.update_layout(title=title, width=820, height=440)
 
 
 __all__ = ["attention_vs_attribution", "attribution_bars", "word_attribution"]
