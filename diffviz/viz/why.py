@@ -21,9 +21,14 @@ UNITS = {"saliency": "|gradient| (summed over embedding dims)"}
 ATTENTION_COLOR, ATTRIBUTION_COLOR = "#636efa", "#ef553b"
 
 
-def _what(a: Attribution) -> str:
+def _where(a: Attribution) -> str:
+    """What was attributed, where: "x0 at step 3 (t=801), region"."""
     region = "whole image" if bool((a.region > 0).all()) else "region"
-    return f"{a.method.replace('_', ' ')}, {a.target} at step {a.step} (t={a.timestep:g}), {region}"
+    return f"{a.target} at step {a.step} (t={a.timestep:g}), {region}"
+
+
+def _what(a: Attribution) -> str:
+    return f"{a.method.replace('_', ' ')}, {_where(a)}"
 
 
 def attribution_bars(a: Attribution) -> go.Figure:
@@ -115,10 +120,8 @@ def word_attribution(trace: Trace, a: Attribution, *, opacity: float = 0.6) -> g
                 name="region", showlegend=False), row=1, col=c)
     for c in (1, 2):
         d.image_axes(fig, trace, 1, c)
-    region = "whole image" if bool((a.region > 0).all()) else "region"
-    title = (f"“{a.word}”: attention and padding occlusion, {a.target} at step {a.step} "
-             f"(t={a.timestep:g}), {region}")
-    return fig.update_layout(title=title, width=820, height=440)
+    return fig.update_layout(title=f"“{a.word}”: attention and padding occlusion, {_where(a)}", width=820,
+                             height=440)
 
 
 __all__ = ["attention_vs_attribution", "attribution_bars", "word_attribution"]
