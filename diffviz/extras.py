@@ -2,7 +2,7 @@
 
 A base install (``pip install diffviz``) traces, saves, loads, draws figures and writes reports; the
 explorer widget needs the ``notebooks`` extra (ipywidgets, anywidget), batch studies the ``studies``
-extra (pandas, pyarrow).
+extra (pandas, pyarrow), loading a Wan or CogVideoX checkpoint the ``video`` extra (accelerate).
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def grid(trace: Trace) -> tuple[int, int]:
-    """The common grid: the largest attention map of the trace, (h, w) in latent cells."""
-    return max((l.size for l in trace.layers), key=lambda s: s[0] * s[1])
+    """The common grid: the largest attention map of the trace, (h, w) in latent cells (a video's maps keep
+    their frame axis: its layers share one)."""
+    return max((l.size[-2:] for l in trace.layers), key=lambda s: s[0] * s[1])
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -43,8 +44,8 @@ def normalize(maps: torch.Tensor) -> torch.Tensor:
 
 def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layers: Sequence[str],
              heads: int | Sequence[int] | None = None, uncond: bool = False) -> torch.Tensor:
-    """[step, h, w] float32 on the common grid: summed over ``token_idx``, mean over heads and
-    ``layers``, for each of ``steps``. Unnormalised (units: attention probability)."""
+    """[step, h, w] float32 on the common grid ([step, frame, h, w] for a video): summed over ``token_idx``,
+    mean over heads and ``layers``, for each of ``steps``. Unnormalised (units: attention probability)."""
     store = trace.attn_uncond if uncond else trace.attn
     if uncond and not store:
         raise ValueError("this trace holds no unconditional attention; capture with "
@@ -58,11 +59,13 @@ def per_step(trace: Trace, token_idx: Sequence[int], steps: Sequence[int], layer
         maps = store[name][:, :, list(token_idx)][list(steps)]
         if heads is not None:
             maps = maps[:, head_indices(trace, maps.shape[1], heads)]
-        m = maps.float().sum(2).mean(1)  # [step, h, w]
-        key = tuple(m.shape[-2:])
+        m = maps.float().sum(2).mean(1)  # [step, (frame,) h, w]
+        key = tuple(m.shape[1:])
         by_size[key] = by_size[key] + m if key in by_size else m
-    total = sum(upsample(m, grid(trace)) for m in by_size.values())
-    return total / len(layers)
+    total = sum(upsample(m, grid(trace)) for m in by_size.values()) / len(layers)
+    if trace.is_video and total.shape[1] != trace.num_frames:  # a token spans latent frames (patch_size_t)
+        total = total.repeat_interleave(trace.num_frames // total.shape[1], dim=1)
+    return total
 
 
 def daam_grid(trace: Trace) -> tuple[int, int]:
@@ -129,7 +132,7 @@ def word_mass(trace: Trace, layers: Sequence[str] | None = None) -> torch.Tensor
     out = torch.zeros(trace.num_steps, len(trace.words))
     for w in range(len(trace.words)):
         idx = [i for i, t in enumerate(trace.tokens) if t.word == w]
-        out[:, w] = per_step(trace, idx, steps, layers).mean(dim=(-2, -1))
+        out[:, w] = per_step(trace, idx, steps, layers).flatten(1).mean(1)
     return out
 
 
@@ -144,5 +147,5 @@ def layer_step(trace: Trace, word: str | int) -> torch.Tensor:
     """[layer, step] float32: mean attention probability of ``word`` per layer and step (rows in
     ``trace.layers`` order): where in the U-Net, and when, a word acts."""
     idx = trace.token_indices(word)
-    rows = [trace.attn[l.name][:, :, idx].float().sum(2).mean(dim=(1, -2, -1)) for l in trace.layers]
+    rows = [trace.attn[l.name][:, :, idx].float().sum(2).flatten(1).mean(1) for l in trace.layers]
     return torch.stack(rows)

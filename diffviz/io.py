@@ -26,7 +26,8 @@ from . import __version__
 from .traces import Layer, Token, Trace
 
 FORMAT = "diffviz-trace"
-FORMAT_VERSION = 2  # 2: the checksum covers the JSON description too
+FORMAT_VERSION = 3  # 2: the checksum covers the JSON description too; 3: videos (a frame axis, traces.py)
+READS = (2, 3)  # versions load_trace opens: a version-2 file is an image trace, laid out as in version 3
 _TENSORS = ("timesteps", "alpha_bar", "sigma", "latents", "x0", "noise_cond", "noise_uncond", "image",
             "preview_weight")
 
@@ -102,7 +103,7 @@ def write_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -
 def load_trace(path: str | Path) -> Trace:
     """Read a trace written by ``Trace.save``. Raises TraceFileError for a file that is truncated,
     edited, of another format version, or not a trace at all."""
-    meta, tensors = read_file(path, FORMAT, FORMAT_VERSION, "trace")
+    meta, tensors = read_file(path, FORMAT, READS, "trace")
     try:
         return Trace(
             prompt=meta["prompt"], negative_prompt=meta["negative_prompt"], words=meta["words"],
@@ -127,9 +128,10 @@ def load_trace(path: str | Path) -> Trace:
                              "it was not written by Trace.save.") from None
 
 
-def read_file(path: str | Path, fmt: str, fmt_version: int,
+def read_file(path: str | Path, fmt: str, fmt_version: int | tuple[int, ...],
               what: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(meta, tensors)`` of a file written by ``write_file`` in format ``fmt`` version ``fmt_version``.
+    """``(meta, tensors)`` of a file written by ``write_file`` in format ``fmt`` version ``fmt_version`` (or
+    one of several).
     Raises TraceFileError, naming ``what`` ("trace", "summary"), for a folder or a file that is truncated,
     edited, of another format or version, or not a diffviz file at all."""
     path = Path(path)
@@ -158,10 +160,12 @@ def read_file(path: str | Path, fmt: str, fmt_version: int,
     if meta.get("format") in _OPENERS and meta.get("format") != fmt:
         raise TraceFileError(f"{str(path)!r} is a {meta.get('format')!r} file, not a {fmt!r} file; "
                              f"{_OPENERS[meta.get('format')]}.")
-    if meta.get("format") != fmt or version != fmt_version:
+    versions = (fmt_version,) if isinstance(fmt_version, int) else fmt_version
+    if meta.get("format") != fmt or version not in versions:
         raise TraceFileError(
             f"{str(path)!r} is {what} format version {version!r}; this diffviz ({__version__}) reads version "
-            f"{fmt_version}. Open it with the diffviz version that wrote it ({meta.get('diffviz_version')!r})"
+            f"{' or '.join(map(str, versions))}. Open it with the diffviz version that wrote it "
+            f"({meta.get('diffviz_version')!r})"
             f", or generate the {what} again."
         )
     try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch loads with the first pipeline, so that `diffviz --hel
     import torch
 
 MODEL_ENV = "DIFFVIZ_MODEL"
+VIDEO_PIPELINES = ("Wan", "CogVideoX")  # pipeline class names of the video families
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
               "dpm": "DPMSolverMultistepScheduler"}
 
@@ -49,6 +50,11 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device | N
 
             return classroom(device=device or "cpu")
     folder = check_folder(Path(path).expanduser())
+    name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
+    if name.startswith(VIDEO_PIPELINES):  # they keep modules in float32, which needs accelerate in diffusers
+        from .extras import require
+
+        require("video", f"loading a {name} checkpoint", ("accelerate",))
     import torch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

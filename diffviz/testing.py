@@ -49,7 +49,8 @@ def _clip(tokenizer, hidden: int, layers: int, with_projection: bool = False, he
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
-TINY_KINDS = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart-sigma")
+TINY_KINDS = ("sd", "sdxl", "sd3", "flux", "pixart", "pixart-sigma", "wan", "cogvideox")
+VIDEO_WORDS = ["ball", "jumps", "rolls", "falls", "then", "dog", "runs", "cat", "sleeps"]
 
 
 def tiny_pipeline(kind: str = "sd", scheduler_name: str = "ddim", seed: int = 0):
@@ -59,8 +60,12 @@ def tiny_pipeline(kind: str = "sd", scheduler_name: str = "ddim", seed: int = 0)
     tokens (2x2 patches of 32x32 latents), flow matching (FlowMatchEulerDiscreteScheduler).
     "pixart", "pixart-sigma": 16x16 image tokens, ``scheduler_name`` picks the sampler; call them with
     ``use_resolution_binning=False`` (their bins start at 256 px). Flux's default size is 256 px:
-    pass ``height=64, width=64``.
+    pass ``height=64, width=64``. "wan", "cogvideox": text-to-video, 64x64 px and 9 frames by default
+    (3 latent frames of 8x8 cells; 3x4x4 video tokens), flow matching (Wan) or CogVideoX's DDIM
+    (v-prediction); call them with ``max_sequence_length=16`` (T5 positions) to keep them small.
     """
+    if kind in ("wan", "cogvideox"):
+        return _tiny_video(kind, seed)
     if kind in ("sd3", "flux", "pixart", "pixart-sigma"):
         return _tiny_dit(kind, scheduler_name, seed)
     torch.manual_seed(seed)
@@ -242,6 +247,95 @@ def _tiny_dit(kind: str, scheduler_name: str, seed: int):
         return cls(tokenizer=t5_tok, text_encoder=_t5(t5_tok, 32, 2), vae=vae, transformer=transformer,
                    scheduler=scheduler(scheduler_name))
     raise ValueError(f"kind must be one of {TINY_KINDS}, not {kind!r}.")
+
+
+# the shapes of the video models: (T5 d_model, layers, heads, d_ff / d_model, d_kv), VAE, transformer configs
+_T5_XXL = (4096, 24, 64, 2.5, 64)
+_VIDEO_SHAPES = {
+    "wan-tiny": ((32, 2, 4, 2, 8),
+                 dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                      temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
+                 dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                      out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2,
+                      cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)),
+    # Wan 2.1 T2V 1.3B: 30 blocks of 12 heads x 128, UMT5-XXL, the 16-channel Wan VAE
+    "wan": (_T5_XXL, {},
+            dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)),
+    "cogvideox-tiny": ((32, 2, 4, 2, 8),
+                       dict(down_block_types=("CogVideoXDownBlock3D",) * 4,
+                            up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                            latent_channels=4, layers_per_block=1, norm_num_groups=2),
+                       dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
+                            time_embed_dim=2, text_embed_dim=32, num_layers=2, sample_width=8,
+                            sample_height=8, sample_frames=9, patch_size=2, max_text_seq_length=16)),
+    # CogVideoX-2b: 30 blocks of 30 heads x 64, T5-XXL, the 16-channel CogVideoX VAE, 49 frames of 480x720
+    "cogvideox": (_T5_XXL, {},
+                  dict(num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16,
+                       time_embed_dim=512, text_embed_dim=4096, num_layers=30, sample_width=90,
+                       sample_height=60, sample_frames=49, patch_size=2, max_text_seq_length=226)),
+}
+
+
+def _video_parts(kind: str, tok) -> dict[str, torch.nn.Module]:
+    """The text encoder, VAE and transformer of a video model of ``kind`` (``_VIDEO_SHAPES``), as the
+    current init context makes them."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        AutoencoderKLWan,
+        CogVideoXTransformer3DModel,
+        WanTransformer3DModel,
+    )
+
+    (d, layers, heads, ff, kv), vae, transformer = _VIDEO_SHAPES[kind]
+    if kind.startswith("wan"):
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        text = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=d, d_kv=kv, d_ff=int(ff * d),
+                                           num_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
+                                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+        return {"text_encoder": text.eval(), "vae": AutoencoderKLWan(**vae).eval(),
+                "transformer": WanTransformer3DModel(**transformer).eval()}
+    return {"text_encoder": _t5(tok, d, layers, heads=heads, d_ff=ff, d_kv=kv),
+            "vae": AutoencoderKLCogVideoX(temporal_compression_ratio=4, **vae).eval(),
+            "transformer": CogVideoXTransformer3DModel(temporal_compression_ratio=4, **transformer).eval()}
+
+
+def _video_pipeline(kind: str, parts: dict[str, torch.nn.Module], tok):
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, UniPCMultistepScheduler, WanPipeline
+
+    if kind.startswith("wan"):  # Wan's sampler: UniPC on flow sigmas, shift 3 at 480 px
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=3.0)
+        return WanPipeline(tokenizer=tok, scheduler=sched, **parts)
+    return CogVideoXPipeline(tokenizer=tok, scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing"),
+                             **parts)
+
+
+def _tiny_video(kind: str, seed: int):
+    torch.manual_seed(seed)
+    tok = t5_tokenizer([*WORDS, *VIDEO_WORDS])
+    return _video_pipeline(kind, _video_parts(f"{kind}-tiny", tok), tok)
+
+
+def full_size_video(kind: str = "wan", device: str | torch.device = "cuda",
+                    dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """A random-weight pipeline with the shapes of Wan 2.1 T2V 1.3B ("wan": 480x832, 81 frames) or
+    CogVideoX-2b ("cogvideox": 480x720, 49 frames), with their T5-XXL text encoders; "wan-tiny" and
+    "cogvideox-tiny" run the same code at test size. Built on the meta device and initialised on
+    ``device`` (``device="meta"``: left there, shapes without weights, e.g. for ``diffviz.estimate_bytes``).
+    The vocabulary is ``WORDS`` and ``VIDEO_WORDS``."""
+    if kind not in _VIDEO_SHAPES:
+        raise ValueError(f"kind must be one of {sorted(_VIDEO_SHAPES)}, not {kind!r}.")
+    tok = t5_tokenizer([*WORDS, *VIDEO_WORDS])
+    with _parameters_on_meta():
+        parts = _video_parts(kind, tok)
+    if torch.device(device).type == "meta":  # shapes only: what diffviz.estimate_bytes needs
+        made = {name: torch.nn.Module.to(m, dtype) for name, m in parts.items()}
+    else:
+        made = {name: _materialise(m, device, dtype, seed + i) for i, (name, m) in enumerate(parts.items())}
+    return _video_pipeline(kind, made, tok)
 
 
 @contextmanager

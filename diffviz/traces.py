@@ -2,12 +2,21 @@
 
 Capture writes it, everything else reads it. It holds only CPU tensors and plain metadata (never
 the model), so a trace made on a GPU opens on a laptop.
+
+The axes, for images and videos alike: a video adds one axis, ``frame``, right before the spatial ones,
+and nothing else moves. Latents and x0 are ``[.., C, h, w]`` for an image and ``[.., C, frame, h, w]``
+for a video, whose frames are *latent frames* (the VAE folds ``temporal_compression`` output frames into
+one, the first alone: latent frame 0 is output frame 0, latent frame k >= 1 covers output frames
+``(k - 1) * tc + 1 .. k * tc``; ``latent_frame_of`` and ``output_frames_of`` map between them). Attention
+maps are ``[step, head, token, h, w]`` or ``[step, head, token, frame, h, w]`` (a layer's ``size`` is
+``(h, w)`` or ``(frame, h, w)``, its query grid); ``image`` is ``[H, W, 3]`` or the whole video
+``[output frame, H, W, 3]``; a word's heat map is ``[H, W]`` or ``[frame, H, W]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,14 +42,20 @@ class Layer:
     (the model family's adapter makes these; nothing else parses module paths)."""
 
     name: str  # module path, e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
-    size: tuple[int, int]  # (h, w) of its attention maps (its query grid), in latent cells
+    size: tuple[int, ...]  # (h, w) of its attention maps (its query grid), latent cells; video: (frame, h, w)
     heads: int  # attention heads of the module (the stored head axis may be 1: the mean)
     label: str = ""  # short display name, e.g. "up 1.0.0"; the name when empty
     block: str = ""  # the group it belongs to, e.g. "down", "mid", "up" (U-Net), "joint", "single" (Flux)
 
     @property
     def resolution(self) -> str:
-        return f"{self.size[0]}x{self.size[1]}"
+        """The spatial grid, "hxw" (a video layer's frames are not part of it)."""
+        return f"{self.size[-2]}x{self.size[-1]}"
+
+    @property
+    def frames(self) -> int:
+        """Frames of its query grid: 1 for an image."""
+        return self.size[0] if len(self.size) == 3 else 1
 
     @property
     def title(self) -> str:
@@ -68,13 +83,14 @@ class Trace:
     timesteps: torch.Tensor  # [step] the scheduler's t
     alpha_bar: torch.Tensor  # [step] cumulative signal fraction at t, in (0, 1]
     sigma: torch.Tensor  # [step] noise-to-signal ratio sqrt((1 - alpha_bar) / alpha_bar)
+    # a video has a frame axis before (h, w) in each of these (see the module docstring)
     latents: torch.Tensor  # [step + 1, C, h, w] latents[i] before step i, latents[i + 1] after it
     x0: torch.Tensor  # [step, C, h, w] predicted clean latents at each step
     noise_cond: torch.Tensor  # [step, C, h, w] conditional noise prediction, before guidance
     noise_uncond: torch.Tensor | None  # [step, C, h, w] unconditional one; None without guidance
     attn: dict[str, torch.Tensor]  # layer name -> [step, head, token, h, w] probabilities
     attn_uncond: dict[str, torch.Tensor] = field(default_factory=dict)  # same, unconditional half
-    image: torch.Tensor | None = None  # [H, W, 3] uint8, the pipeline's output image
+    image: torch.Tensor | None = None  # [H, W, 3] uint8, the pipeline's output image ([frame, H, W, 3] video)
     preview_weight: torch.Tensor | None = None  # [3, C + 1] latent (and bias) -> RGB in [0, 1]
     model: dict = field(default_factory=dict)  # name, pipeline class, config hash
     scheduler: dict = field(default_factory=dict)  # class name and config
@@ -88,6 +104,60 @@ class Trace:
     @property
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the trace is of a video (latents with a frame axis)."""
+        return self.latents.ndim == 5
+
+    @property
+    def num_frames(self) -> int:
+        """Latent frames: 1 for an image."""
+        return int(self.latents.shape[2]) if self.is_video else 1
+
+    @property
+    def temporal_compression(self) -> int:
+        """Output frames per latent frame (after the first, which is alone): 1 for an image."""
+        return int(self.model.get("temporal_compression", 1))
+
+    def output_frames_of(self, frame: int) -> range:
+        """The output frames (indices into a video ``image``) that latent frame ``frame`` decodes to."""
+        n, tc = self.num_frames, self.temporal_compression
+        if not -n <= frame < n:
+            raise IndexError(f"latent frame {frame} is out of range: this trace has {n} (0..{n - 1}).")
+        frame %= n
+        return range(1) if frame == 0 else range((frame - 1) * tc + 1, frame * tc + 1)
+
+    def latent_frame_of(self, output_frame: int) -> int:
+        """The latent frame that output frame ``output_frame`` (index into a video ``image``) comes from."""
+        last = (self.num_frames - 1) * self.temporal_compression
+        if not 0 <= output_frame <= last:
+            raise IndexError(f"output frame {output_frame} is out of range: this video has {last + 1} "
+                             f"(0..{last}).")
+        return 0 if output_frame == 0 else (output_frame - 1) // self.temporal_compression + 1
+
+    def frame(self, frame: int) -> Trace:
+        """Latent frame ``frame`` of a video as an image trace (views of this one's tensors, no copies): its
+        latents, x0, noise predictions and attention maps, and as its image the last output frame the latent
+        frame decodes to. Every image view (figures, explorer, heat maps) then works on one frame."""
+        if not self.is_video:
+            raise ValueError("this trace is of an image; frame() picks a frame of a video.")
+        self.output_frames_of(frame)  # range check
+        k = frame % self.num_frames
+
+        def at(maps: torch.Tensor) -> torch.Tensor:  # [..., frame, h, w]: a grid frame may span latent frames
+            return maps[..., k * maps.shape[-3] // self.num_frames, :, :]
+
+        pick = lambda x: None if x is None else x[:, :, k]  # [step, C, frame, h, w] -> [step, C, h, w]
+        layers = [Layer(l.name, tuple(l.size[-2:]), l.heads, l.label, l.block) for l in self.layers]
+        return replace(
+            self, layers=layers, latents=pick(self.latents), x0=pick(self.x0),
+            noise_cond=pick(self.noise_cond), noise_uncond=pick(self.noise_uncond),
+            attn={n: at(m) for n, m in self.attn.items()},
+            attn_uncond={n: at(m) for n, m in self.attn_uncond.items()},
+            image=None if self.image is None else self.image[self.output_frames_of(k)[-1]],
+            options=self.options | {"frame": k},
+        )
 
     @property
     def noise_guided(self) -> torch.Tensor:
@@ -106,8 +176,9 @@ class Trace:
 
     def __repr__(self) -> str:
         kept = "all heads" if self.options.get("heads") else "head mean"
+        frames = f"{self.num_frames} latent frames of " if self.is_video else ""
         return (
-            f"Trace({self.prompt!r}, {self.num_steps} steps, {self.height}x{self.width} px, "
+            f"Trace({self.prompt!r}, {self.num_steps} steps, {frames}{self.height}x{self.width} px, "
             f"{len(self.layers)} layers ({', '.join(sorted({l.resolution for l in self.layers}))}), "
             f"{len(self.tokens)} tokens, {kept}, guidance {self.guidance_scale:g})"
         )
@@ -161,6 +232,7 @@ class Trace:
                 size: tuple[int, int] | None = None, normalize: bool = True,
                 recipe: str = "diffviz", encoder: str | None = None) -> torch.Tensor:
         """[H, W] float32 attention heat map at image pixel size (or ``size``); in [0, 1] when normalised.
+        A video's is [frame, H, W] over its latent frames, normalised over the whole video (frames compare).
 
         ``recipe="diffviz"``: each layer's head mean, summed over the selected tokens, bilinearly on the
         largest map's grid, averaged over the selected layers (each layer equal) and steps, bilinearly
@@ -169,6 +241,8 @@ class Trace:
         idx = self.token_indices(words, tokens, encoder)
         picked, names = self.step_indices(steps), self.layer_names(layers)
         if recipe == "daam":
+            if self.is_video:
+                raise ValueError("recipe='daam' is DAAM's image recipe; a video's maps use recipe='diffviz'.")
             out = heatmap.upsample(heatmap.daam(self, idx, picked, names, heads, uncond),
                                    size or (self.height, self.width), mode="bicubic")
         elif recipe == "diffviz":
@@ -176,7 +250,11 @@ class Trace:
             out = heatmap.upsample(maps.mean(0), size or (self.height, self.width))
         else:
             raise ValueError(f"recipe must be 'diffviz' or 'daam', not {recipe!r}.")
-        return heatmap.normalize(out) if normalize else out
+        if not normalize:
+            return out
+        if self.is_video:  # over the whole video, so frames compare
+            return heatmap.normalize(out.flatten(-3, -2)).view_as(out)
+        return heatmap.normalize(out)
 
     def self_heatmap(self, query: int = 0, *, steps: Steps = None, layers: Layers = None,
                      heads: int | Sequence[int] | None = None, size: tuple[int, int] | None = None,
@@ -203,7 +281,8 @@ class Trace:
         return heatmap.normalize(out) if normalize else out
 
     def word_heatmap(self, word: str | int, **kwargs) -> torch.Tensor:
-        """[H, W] float32 in [0, 1]: where ``word`` (every occurrence) sent its information."""
+        """[H, W] float32 in [0, 1]: where ``word`` (every occurrence) sent its information; [frame, H, W]
+        over a video's latent frames (``output_frames_of`` maps them to the video's frames)."""
         return self.heatmap(word, **kwargs)
 
     # ---- images -------------------------------------------------------------------------------

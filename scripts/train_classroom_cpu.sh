@@ -3,19 +3,22 @@
 # every metric: one command, resumable (run it again after an interruption; it goes on from the last
 # checkpoint).
 #
-#   bash scripts/train_classroom_cpu.sh            # 140 min of UNet training on 2 cores, ~150 min in all
+#   bash scripts/train_classroom_cpu.sh                  # v3: 140 min of UNet training on 2 cores, ~150 in all
+#   PRESET=v3-text bash scripts/train_classroom_cpu.sh   # v3 grown a text layer: 65 more min, ~90 in all
 #
 # Run it alone: no test suite or notebook beside it (they would take most of its samples). Two one-thread
 # processes under torchrun (`benchmarks/classroom_train_speed.py`: 1.9x one process on this 2-core CPU).
-# RUN (default runs/classroom_v3, git-ignored) keeps the checkpoint, the snapshots, log.txt and the scores.
+# RUN (default runs/classroom_<preset>, git-ignored) keeps the checkpoint, the snapshots, log.txt and the scores.
 # MINUTES overrides the preset's UNet minutes; TINY=1 runs every stage at toy size (a typo check, ~2 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${RUN:-runs/classroom_v3}
+PRESET=${PRESET:-v3}  # a preset of diffviz.classroom.train
+NAME=classroom_${PRESET//-/_}
+RUN=${RUN:-runs/$NAME}
 mkdir -p "$RUN"
 # A run that a session had to stop is committed under checkpoints/ (the optimiser state and the snapshots'
 # scores, not the latents, which are re-encoded in a few minutes): a fresh RUN goes on from there.
-FROM=${FROM:-checkpoints/classroom_v3}
+FROM=${FROM:-checkpoints/$NAME}
 if [ ! -d "$RUN/ckpt/state" ] && [ -d "$FROM/state" ] && [ "${TINY:-0}" != 1 ]; then
     mkdir -p "$RUN/ckpt" && cp -r "$FROM"/. "$RUN/ckpt/" && echo "resuming the committed run in $FROM"
 fi
@@ -30,7 +33,7 @@ else
     SNAPSHOT="--seeds 1 --loc-prompts 10"
 fi
 
-python -m torch.distributed.run --standalone --nproc_per_node 2 -m diffviz.classroom.train --preset v3 \
+python -m torch.distributed.run --standalone --nproc_per_node 2 -m diffviz.classroom.train --preset "$PRESET" \
     $TRAIN --ckpt "$RUN/ckpt" --weights "$RUN/model" 2>&1 | tee -a "$RUN/log.txt"
 
 for snap in "$RUN"/ckpt/snapshots/step_*; do  # the learning curve: each snapshot on the held-out prompts
@@ -38,8 +41,8 @@ for snap in "$RUN"/ckpt/snapshots/step_*; do  # the learning curve: each snapsho
         $SNAPSHOT --json "$snap/quality.json" >/dev/null
 done
 python benchmarks/classroom_quality.py --weights "$RUN/model" --threads 2 $SCORE --json "$RUN/quality.json"
-python benchmarks/classroom_quality.py --threads 2 $SCORE --json "$RUN/quality_shipped.json"
-CURVE="diffviz/classroom/weights/learning_curve_v3.png"; [ "${TINY:-0}" = 1 ] && CURVE="$RUN/learning_curve.png"
+[ -f "$RUN/quality_shipped.json" ] || python benchmarks/classroom_quality.py --threads 2 $SCORE --json "$RUN/quality_shipped.json"
+CURVE="diffviz/classroom/weights/learning_curve_$PRESET.png"; [ "${TINY:-0}" = 1 ] && CURVE="$RUN/learning_curve.png"
 python scripts/plot_learning_curve.py "$RUN" --out "$CURVE" --reference "shipped=$RUN/quality_shipped.json" \
     || echo "no learning-curve picture (plotly's PNG export needs kaleido and a Chromium)"
 DRY=""; [ "${TINY:-0}" = 1 ] && DRY="--dry-run"

@@ -25,6 +25,29 @@ def generate(pipe, prompt: str = PROMPT, steps: int = 4, seed: int = 0, **kwargs
                 height=64, width=64, **kwargs).images[0]
 
 
+def trace_failing_mid_generation(pipe, run) -> None:
+    """Trace ``run()`` (a call of ``pipe``) while its denoiser raises at its second call, and assert that the
+    pipeline is left as it was: processors, scheduler, VAE and hooks."""
+    denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+    saved = dict(denoiser.attn_processors)
+    calls = []
+
+    def boom(module, args):  # the second denoiser call fails, mid-generation
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("denoiser failed")
+
+    handle = denoiser.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="denoiser failed"), diffviz.trace(pipe):
+            run()
+    finally:
+        handle.remove()
+    assert denoiser.attn_processors == saved
+    assert "step" not in vars(pipe.scheduler) and "decode" not in vars(pipe.vae)
+    assert not denoiser._forward_pre_hooks and not denoiser._forward_hooks
+
+
 def training_picture(prompt: str, seed: int = 0) -> np.ndarray:
     """[H, W, 3] uint8 training picture of a classroom ``prompt`` (unsized objects drawn large): made by
     the data generator, so its content is known and the judge finds it right."""

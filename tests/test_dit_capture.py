@@ -11,6 +11,8 @@ import torch
 import diffviz
 from diffviz.testing import tiny_pipeline
 
+from .conftest import trace_failing_mid_generation
+
 PROMPT = "a red circle left of a blue square"
 KINDS = ["sd3", "flux", "pixart"]
 
@@ -163,24 +165,7 @@ def test_save_load_round_trip(traces, kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_processors_are_restored_when_generation_raises(pipes, kind):
-    pipe = pipes[kind]
-    saved = dict(pipe.transformer.attn_processors)
-    calls = []
-
-    def boom(module, args):  # the second denoiser call fails, mid-generation
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("denoiser failed")
-
-    handle = pipe.transformer.register_forward_pre_hook(boom)
-    try:
-        with pytest.raises(RuntimeError, match="denoiser failed"), diffviz.trace(pipe):
-            call(pipe, kind, steps=2)
-    finally:
-        handle.remove()
-    assert pipe.transformer.attn_processors == saved
-    assert "step" not in vars(pipe.scheduler)
-    assert not pipe.transformer._forward_pre_hooks and not pipe.transformer._forward_hooks
+    trace_failing_mid_generation(pipes[kind], lambda: call(pipes[kind], kind, steps=2))
 
 
 @pytest.mark.parametrize("kind", ["sd3", "flux"])

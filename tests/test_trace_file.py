@@ -34,7 +34,7 @@ def test_metadata_is_json_with_a_format_version(traced, tmp_path):
     path = tr.save(tmp_path / "run.dvz")
     header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
     meta = json.loads(json.loads(path.read_bytes()[8:8 + header_len])["__metadata__"]["diffviz"])
-    assert meta["format"] == "diffviz-trace" and meta["format_version"] == 2
+    assert meta["format"] == "diffviz-trace" and meta["format_version"] == diffviz.io.FORMAT_VERSION == 3
     assert meta["diffviz_version"] == diffviz.__version__ and meta["prompt"] == tr.prompt
     assert (meta["model"]["config_sha256"] and meta["model"]["family"] == "sd"
             and meta["scheduler"]["name"] == "DDIMScheduler")

@@ -2,9 +2,10 @@
 
 Only the processors of the prompt-reading attention layers are replaced (through the denoiser's
 ``set_attn_processor``; the family adapter says which layers and which processor); the step recorder
-uses module hooks (text encoders, denoiser, VAE decoder) and wraps ``scheduler.step`` on the
-instance. On exit, normal or by an exception, the saved processors are set back, every hook handle
-is removed and the instance attribute is deleted: the pipeline is as it was, object for object.
+uses module hooks (text encoders, denoiser, VAE decoder) and wraps ``scheduler.step`` (and a video
+VAE's ``decode``) on the instance. On exit, normal or by an exception, the saved processors are set back,
+every hook handle is removed and the instance attributes are deleted: the pipeline is as it was, object for
+object.
 """
 
 from __future__ import annotations
@@ -112,10 +113,13 @@ def recording(pipe, *, layers: Layers = None, heads: bool = False, uncond: bool 
                  for i, enc in enumerate(family.text_encoders())]
         hooks += [family.denoiser.register_forward_pre_hook(rec.on_denoiser_input, with_kwargs=True),
                   family.denoiser.register_forward_hook(rec.on_denoiser_output, with_kwargs=True)]
-        if getattr(pipe, "vae", None) is not None:
-            hooks.append(pipe.vae.decoder.register_forward_hook(rec.on_decoder_output))
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and not family.video:
+            hooks.append(vae.decoder.register_forward_hook(rec.on_decoder_output))
         for h in hooks:
             stack.callback(h.remove)
+        if vae is not None and family.video:  # a video VAE runs its decoder per chunk of frames
+            stack.enter_context(_patched(vae, "decode", functools.partial(rec.decode, vae.decode)))
         stack.enter_context(_patched(pipe.scheduler, "step", functools.partial(rec.step, rec.original_step)))
         try:
             yield rec

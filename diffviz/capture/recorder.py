@@ -44,20 +44,27 @@ def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int
     attention = steps * cells * n_tokens * (2 if uncond else 1) * ATTN_DTYPE.itemsize
     own = sum((l.heads if heads else 1) * math.prod(l.size) for l in self_layers)
     attention += steps * own * queries * images * ATTN_DTYPE.itemsize
-    per_step = 4 if family.classifier_free else 3  # latents, x0, noise predictions (two under guidance)
+    predictions = 2 if family.classifier_free else 1  # noise predictions a step (two under guidance)
     values = math.prod(latent) * family.latent_channels()
-    latents = images * (per_step * steps + 1) * values * family.denoiser.dtype.itemsize
-    return {"attention": attention, "latents": latents, "total": attention + latents}
+    sample, predicted = (d.itemsize for d in family.stored_dtypes())
+    latents = images * values * ((2 * steps + 1) * sample + predictions * steps * predicted)  # latents, x0
+    out = {"attention": attention, "latents": latents, "total": attention + latents}
+    if family.video:  # the decoded video, kept whole ([frame, H, W, 3] uint8 per image)
+        out["video"] = images * family.output_bytes(latent)
+        out["total"] += out["video"]
+    return out
 
 
 def estimate_bytes(pipe, height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                    n_tokens: int = 77, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
-                   images: int = 1, queries: int = 0) -> dict[str, int]:
-    """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...}. ``n_tokens`` is the
-    number of stored tokens per image (a prompt's word tokens unless tokens='all'); ``images`` per call;
-    ``queries`` self-attention queries (``trace(pipe, queries=...)``)."""
+                   images: int = 1, queries: int = 0, num_frames: int | None = None) -> dict[str, int]:
+    """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...} (and "video", the
+    decoded frames, for a video pipeline). ``n_tokens`` is the number of stored tokens per image (a prompt's
+    word tokens unless tokens='all'); ``images`` per call; ``queries`` self-attention queries
+    (``trace(pipe, queries=...)``); ``num_frames`` the output frames of a video (None: the pipeline's
+    default)."""
     family = family_of(pipe)
-    latent = family.latent_grid(height, width)
+    latent = family.latent_grid(height, width, num_frames)
     picked = family.layers(latent)
     names = set(select_layers(picked, layers, what="prompt-reading layer"))
     return _estimate(family, latent, num_inference_steps, n_tokens * images,
@@ -172,6 +179,8 @@ class Recorder:
         self.pending: dict[tuple, list] = defaultdict(list)  # this step's q/k (or probs) per shape group
         self.sizes: dict[str, tuple[int, int]] = {}  # captured layers -> query grid
         self.capture = Capture(self)
+        # a family that calls the denoiser once per guidance branch: which branch runs, calls this step
+        self.separate, self.branch, self.calls = self.family.guidance_calls == "separate", "cond", 0
         self.original_step = pipe.scheduler.step
         self._step_signature = inspect.signature(self.original_step)
 
@@ -189,11 +198,18 @@ class Recorder:
         if self.state == "waiting":
             self._start(*self.family.denoiser_io(args, kwargs))
         self.pending.clear()
+        if self.state == "running" and self.separate:  # this step's first call is the conditional one
+            self.branch = "cond" if self.calls == 0 else "uncond"
+            self.calls += 1
 
     def on_denoiser_output(self, module, args, kwargs, output) -> None:
         if self.state != "running":
             return
         noise = self.family.unpack(self.family.prediction(output))
+        if self.separate:  # one branch per call
+            for i, img in enumerate(self.images):
+                (img.noise_cond if self.branch == "cond" else img.noise_uncond).append(noise[i].detach())
+            return
         uncond, cond = noise.chunk(2) if self.cfg else (None, noise)
         for i, img in enumerate(self.images):
             img.noise_cond.append(cond[i].detach())
@@ -201,8 +217,8 @@ class Recorder:
                 img.noise_uncond.append(uncond[i].detach())
 
     def wants(self, layer: str) -> bool:
-        """Whether ``layer``'s prompt attention is captured now."""
-        return self.state == "running" and layer in self.sizes
+        """Whether ``layer``'s prompt attention is captured now (not in a separate unconditional call)."""
+        return self.state == "running" and layer in self.sizes and self.branch == "cond"
 
     def wants_self(self, layer: str) -> bool:
         """Whether ``layer``'s image self-attention (rows of the chosen queries) is captured now."""
@@ -241,9 +257,20 @@ class Recorder:
             img.latents.append(prev[i].detach())
             img.x0.append(x0[i].detach())
         self.t.append(t)
+        self.calls = 0
         self._attention_of_step()
         if len(self.t) == self.expected_steps:
             self.state = "done"
+        return out
+
+    def decode(self, original, *args, **kwargs):
+        """Wraps a video VAE's ``decode``: keeps the decoded video [B, 3, frame, H, W], returns exactly what
+        ``decode`` returned."""
+        out = original(*args, **kwargs)
+        if self.state == "done":
+            frames = out[0] if isinstance(out, tuple) else out.sample
+            for img, row in zip([img for img in self.images if img.image is None], frames):
+                img.image = to_uint8(row.detach())
         return out
 
     def on_decoder_output(self, module, args, output) -> None:
@@ -260,17 +287,21 @@ class Recorder:
             raise CaptureError("diffviz.trace needs the prompt as text to name its tokens; pass prompt=..., "
                                "not prompt_embeds.")
         self.cfg = family.guided()
-        batch = sample.shape[0] // (2 if self.cfg else 1)
+        if self.separate and self.uncond:
+            raise CaptureError(f"uncond=True is not available for {family.name}: its pipeline runs the "
+                               "unconditional branch as a call of its own. Trace without uncond=.")
+        batch = sample.shape[0] // (2 if self.cfg and not self.separate else 1)
         n_prompts = self.ids[0][0].shape[0]
         if batch % n_prompts:
             raise CaptureError(f"the denoiser sees {batch} images for {n_prompts} prompts; diffviz cannot "
                                "tell which image belongs to which prompt.")
         per_prompt = batch // n_prompts
         prompts = [family.read_prompt(self.ids, p) for p in range(n_prompts)]
+        batched = self.cfg and not self.separate  # rows [uncond, cond] in one call
         self.images = [_Image(prompts[i // per_prompt], prompts[i // per_prompt].positions(self.tokens_mode),
-                              batch + i if self.cfg else i, i if self.cfg else None) for i in range(batch)]
-        self.latent = family.latent_size(sample)
-        self.pixels = (self.latent[0] * family.vae_scale, self.latent[1] * family.vae_scale)
+                              batch + i if batched else i, i if batched else None) for i in range(batch)]
+        self.latent = family.latent_size(sample)  # (h, w); (frame, h, w) for a video
+        self.pixels = (self.latent[-2] * family.vae_scale, self.latent[-1] * family.vae_scale)
         layers = family.layers(self.latent)
         try:
             picked = set(select_layers(layers, self.options["layers"], what="prompt-reading layer"))
@@ -391,6 +422,14 @@ class Recorder:
                     attn_uncond[name] = m[:, 0].contiguous()
         return attn, attn_uncond
 
+    def _matching(self, image: torch.Tensor) -> torch.Tensor:
+        """The output frames of a video [frame, H, W, 3] that match its latent frames one to one (the last
+        of the frames each latent frame covers); an image as it is."""
+        if image.ndim == 3:
+            return image
+        tc = self.family.temporal_compression
+        return image[[min(k * tc, len(image) - 1) for k in range(self.latent[0])]]
+
     def finish(self) -> None:
         """At the end of the block: a generation that stopped before its last step keeps what ran."""
         if self.state == "running":
@@ -410,7 +449,7 @@ class Recorder:
         traces = []
         for i, img in enumerate(self.images):
             latents = cpu(img.latents)
-            preview = None if img.image is None else fit_preview(latents[-1], img.image.cpu())
+            preview = None if img.image is None else fit_preview(latents[-1], self._matching(img.image.cpu()))
             attn, attn_uncond = self._maps(img)
             kept = [l for l in self.layers if l.name in attn]
             tokens = {tok.position: tok for tok in img.prompt.tokens}

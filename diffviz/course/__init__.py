@@ -5,8 +5,9 @@ The rules every lesson follows, as functions:
 - ``setup()`` starts a lesson: one thread on the classroom model, and plotly figures that also carry
   a PNG (what GitHub and nbviewer show) when a browser is there to draw it.
 - ``judged(prompt, image)`` checks a demo image before a lesson analyses it.
-- ``saw(finding, holds)`` states a finding in words and asserts it, so a changed model fails the
-  notebook instead of leaving its text false.
+- ``saw(finding, measured, test, wrong=...)`` states a finding in words and asserts it, so a changed model
+  fails the notebook instead of leaving its text false; ``wrong`` names a measurement the check rejects
+  (and it is checked that it does), so no stated finding is a check that cannot fail.
 
 Every exercise check returns True or False and prints a verdict a student can act on; a check whose
 exercise asks for a prediction first takes it as ``prediction`` and compares it once the answer is right
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -85,13 +87,30 @@ def judged(prompt: str, image, *, what: str = "the example") -> dict | None:
     return verdict
 
 
-def saw(finding: str, holds: bool) -> None:
-    """State a lesson's finding and check it: prints "What we saw: ..." when ``holds``.
+class CheckCannotFail(AssertionError):
+    """A lesson's check accepts the wrong answer it names: it could not fail, so it proves nothing."""
+
+
+def saw(finding: str, measured, test: Callable[[object], bool] | None = None, *, wrong=None) -> None:
+    """State a lesson's finding and check it: prints "What we saw: ..." when ``test(measured)`` holds.
+
+    ``measured`` is what the run measured (a number, a tuple, a verdict...), ``test`` the finding as a
+    predicate on it, and ``wrong`` a value the finding would be false for (what another model, or a wrong
+    reading, could have measured): ``test(wrong)`` must be False, or ``CheckCannotFail`` is raised on any
+    model, so every stated finding is a check that can fail and names how. (Without ``test``, ``measured``
+    is the finding's truth value: the old form, which names no wrong answer.)
 
     On the classroom model a finding that no longer holds raises ``LessonClaimError`` (CI runs the
     notebooks, so a changed model fails instead of leaving the text false); on another model it
     prints that the finding does not hold there.
     """
+    if test is not None:
+        if test(wrong):
+            raise CheckCannotFail(f"the check of {finding!r} accepts the wrong answer {wrong!r}: it cannot "
+                                  "fail; make it test the measurement.")
+        holds = bool(test(measured))
+    else:
+        holds = bool(measured)
     if holds:
         print(f"What we saw: {finding}")
     elif ON_CLASSROOM_MODEL:

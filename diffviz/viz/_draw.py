@@ -82,9 +82,14 @@ def image_trace(trace: Trace, uri: str, name: str) -> go.Image:
                     hoverinfo="skip")
 
 
-def final_image(trace: Trace) -> torch.Tensor:
-    """[H, W, 3] uint8: the pipeline's output image, or the preview of the last x0 when it had none."""
-    return trace.image if trace.image is not None else trace.preview(-1)
+def final_image(trace: Trace, frame: int | None = None) -> torch.Tensor:
+    """[H, W, 3] uint8: the pipeline's output image, or the preview of the last x0 when it had none; of a
+    video, the output frame that latent frame ``frame`` ends on (default: the middle one)."""
+    image = trace.image if trace.image is not None else trace.preview(-1)
+    if not trace.is_video:
+        return image
+    k = trace.num_frames // 2 if frame is None else frame
+    return image[trace.output_frames_of(k)[-1]] if trace.image is not None else image[k]
 
 
 def heat_size(trace: Trace) -> tuple[int, int]:
@@ -161,8 +166,10 @@ def default_word(trace: Trace) -> int:
 
 
 # ---- animation -------------------------------------------------------------------------------------------
-def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300, active: int = 0) -> go.Figure:
-    """Attach ``frames`` (one per step, named "0", "1", ...) with a step slider and a play/pause button;
+def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300, active: int = 0,
+            prefix: str = "step ") -> go.Figure:
+    """Attach ``frames`` (one per step, named "0", "1", ...) with a slider (its value shown after ``prefix``)
+    and a play/pause button;
     the slider starts at frame ``active`` (the figure's own data must show that frame).
     A frame may carry a ``layout`` (e.g. a title naming the timestep) that is applied with it."""
     fig.frames = frames
@@ -175,7 +182,7 @@ def animate(fig: go.Figure, frames: list[go.Frame], duration_ms: int = 300, acti
                               dict(label="▶ play", method="animate", args=[None, play]),
                               dict(label="❚❚ pause", method="animate", args=[[None], still])])],
         sliders=[dict(active=active, x=start, len=1 - start, y=0, yanchor="top", pad=dict(t=30),
-                      currentvalue=dict(prefix="step ", visible=True, xanchor="left"),
+                      currentvalue=dict(prefix=prefix, visible=True, xanchor="left"),
                       steps=[dict(label=f.name, method="animate", args=[[f.name], still]) for f in frames])],
     )
     return fig

@@ -76,10 +76,16 @@ class Explorer(widgets.VBox):
         if scale not in (FIXED, FIT):
             raise ValueError(f"scale must be {FIXED!r} (one colour scale for every word) or {FIT!r} "
                              f"(fitted to the picked words), not {scale!r}.")
-        self.trace = trace
-        self._pictures = {(r, of, s): d.preview_uri(t, s, of, fast=True)  # every step, encoded once
-                          for r, t in enumerate(self.traces) for of in ("x0", "latents")
-                          for s in range(t.num_steps)}
+        # a video: the rows show one latent frame at a time (trace.frame(k)), picked by the frame slider
+        self.video = trace if trace.is_video else None
+        if self.video is not None:
+            if compare is not None:
+                raise ValueError("compare= takes two image traces; explore a video alone and move its frame "
+                                 "slider, or compare two of its frames: "
+                                 "explore(v.frame(0), compare=v.frame(2)).")
+            self.traces = [trace.frame(trace.num_frames // 2)]
+        self.trace = trace = self.traces[0]
+        self._pictures = self._encode()
         self._maps: list[torch.Tensor | None] = [None] * len(self.traces)  # [step, h, w] per row
         self._zmax = 1.0
         self._strongest: dict[tuple, float] = {}  # colour scale of FIXED, per layer and head selection
@@ -91,6 +97,12 @@ class Explorer(widgets.VBox):
         self.step = widgets.IntSlider(0, 0, n - 1, description="step", continuous_update=True,
                                       layout=widgets.Layout(width="420px"),
                                       tooltip=f"denoising step, 0 (pure noise) to {n - 1} (the last)")
+        frames = 0 if self.video is None else self.video.num_frames
+        self.frame = widgets.IntSlider(frames // 2, 0, max(frames - 1, 0), description="frame",
+                                       continuous_update=False, layout=widgets.Layout(width="300px"),
+                                       tooltip=f"latent frame of the video, 0 to {frames - 1}")
+        if self.video is None:
+            self.frame.layout.display = "none"
         self.play = widgets.ToggleButton(False, description="▶ play", layout=widgets.Layout(width="90px"),
                                          tooltip="play the steps in the page, from this one (from 0 at the "
                                                  "end); click again to pause")
@@ -124,6 +136,7 @@ class Explorer(widgets.VBox):
         self._select()
         self._redraw(lines_y=True)
         self.step.observe(lambda _: self._on_step(), "value")
+        self.frame.observe(lambda _: self._on_frame(), "value")
         self.words.observe(lambda _: self._on_selection(), "value")
         self.heads.observe(lambda _: self._quiet or self._on_selection(), "value")
         self.layers.observe(lambda _: self._on_layers(), "value")
@@ -136,7 +149,8 @@ class Explorer(widgets.VBox):
         self.play.observe(lambda _: self._on_play(), "value")
         self._page.observe(lambda _: self._on_page_step(), "step")
         self._page.observe(lambda _: self._on_page_playing(), "playing")
-        super().__init__([widgets.HBox([self.play, self.step]), controls, self.figure, self._page])
+        top = widgets.HBox([self.play, self.step, self.frame])
+        super().__init__([top, controls, self.figure, self._page])
         self.add_class("diffviz-explorer")
 
     # ---- drawing --------------------------------------------------------------------------------------
@@ -342,6 +356,23 @@ class Explorer(widgets.VBox):
         if not self._page.playing:  # while the page plays, it draws the steps itself
             self._show_step()
 
+    @d.one_thread
+    def _on_frame(self) -> None:
+        """Another latent frame of the video: its pictures, final frame, lines and heat maps."""
+        self.traces = [self.video.frame(self.frame.value)]
+        self.trace = self.traces[0]
+        self._pictures = self._encode()
+        self._mass = [_layer_word_mass(self.trace)]
+        self._strongest = {}
+        final = d.png_uri(d.final_image(self.trace))
+        self._update_figure({FINAL: {"source": final}, UNDER: {"source": final}}, {})
+        self._on_selection(lines_y=True)
+
+    def _encode(self) -> dict[tuple[int, str, int], str]:
+        """The x0 and noisy-input pictures of every row and step, PNG-encoded once."""
+        return {(r, of, s): d.preview_uri(t, s, of, fast=True) for r, t in enumerate(self.traces)
+                for of in ("x0", "latents") for s in range(t.num_steps)}
+
     def _on_play(self) -> None:
         self.play.description = "❚❚ pause" if self.play.value else "▶ play"
         if self.play.value and not self._page.playing:
@@ -544,7 +575,8 @@ def explore(trace: Trace, words: Sequence[str | int] | None = None, *, opacity: 
     or index) picked at the start; default the one with the most attention. ``scale``: "fixed", one
     colour scale for every word (the strongest word's peak), or "fit", fitted to the picked words.
     ``compare``: a second trace with as many steps (another prompt, seed, or the run with an edit),
-    shown below the first on the same step slider, the same words picked by their text."""
+    shown below the first on the same step slider, the same words picked by their text. A video trace gets
+    a frame slider beside the step slider: the panels show one latent frame at a time."""
     return Explorer(trace, words, opacity=opacity, scale=scale, compare=compare)
 
 

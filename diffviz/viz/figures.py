@@ -25,14 +25,57 @@ Word = str | int
 def word_heatmap(trace: Trace, word: Word | Sequence[Word], *, steps=None, layers=None, heads=None,
                  opacity: float = 0.6, colorscale: str = d.HEAT_COLORS) -> go.Figure:
     """One word's heat map (several words: their sum) over the final image. Colour: attention
-    normalised to [0, 1] over the image; ``opacity`` in [0, 1] of the overlay."""
+    normalised to [0, 1] over the image; ``opacity`` in [0, 1] of the overlay. A video gets one map per
+    latent frame with a frame slider (normalised over the whole video)."""
     _check_opacity(opacity)
     z = trace.heatmap(word, steps=steps, layers=layers, heads=heads, size=d.heat_size(trace))
-    fig = go.Figure([d.image_trace(trace, d.png_uri(d.final_image(trace)), "image"),
-                     d.heat_trace(trace, z, opacity=opacity, colorscale=colorscale, showscale=True)])
-    d.image_axes(fig, trace)
     title = f"Where {d.words_title(trace, word)} looks, {_selection(trace, steps, layers)}"
-    return fig.update_layout(title=title, width=520, height=480)
+    if not trace.is_video:
+        fig = go.Figure([d.image_trace(trace, d.png_uri(d.final_image(trace)), "image"),
+                         d.heat_trace(trace, z, opacity=opacity, colorscale=colorscale, showscale=True)])
+        d.image_axes(fig, trace)
+        return fig.update_layout(title=title, width=520, height=480)
+    # a video: one map per latent frame (normalised over the whole video), with a frame slider
+    pictures = [d.png_uri(d.final_image(trace, k)) for k in range(trace.num_frames)]
+    fig = go.Figure([d.image_trace(trace, pictures[0], "frame"),
+                     d.heat_trace(trace, z[0], opacity=opacity, colorscale=colorscale, showscale=True)])
+    d.image_axes(fig, trace)
+    frames = [go.Frame(name=str(k), data=[go.Image(source=pictures[k]), go.Heatmap(z=z[k].numpy())],
+                       layout=dict(title_text=f"{title}: {_frame_label(trace, k)}"))
+              for k in range(trace.num_frames)]
+    fig.update_layout(title=f"{title}: {_frame_label(trace, 0)}", width=560, height=560, margin=dict(b=110))
+    return d.animate(fig, frames, prefix="latent frame ")
+
+
+@d.one_thread
+def word_frames(trace: Trace, word: Word | Sequence[Word], *, steps=None, layers=None, heads=None,
+                max_frames: int = 8, opacity: float = 0.6, colorscale: str = d.HEAT_COLORS) -> go.Figure:
+    """A video's strip: ``word``'s heat map at each latent frame (at most ``max_frames``, evenly spaced),
+    over the output frame the latent frame ends on. One colour scale for the whole video (the maps are
+    normalised over all its frames), so a frame the word shaped less is darker."""
+    if not trace.is_video:
+        raise ValueError("word_frames draws a video's frames; for an image use word_heatmap.")
+    _check_opacity(opacity)
+    n = trace.num_frames
+    shown = sorted({round(i * (n - 1) / max(1, min(n, max_frames) - 1)) for i in range(min(n, max_frames))})
+    z = trace.heatmap(word, steps=steps, layers=layers, heads=heads, size=d.heat_size(trace))
+    fig = make_subplots(rows=1, cols=len(shown), horizontal_spacing=0.01,
+                        subplot_titles=[_frame_label(trace, k) for k in shown])
+    for i, k in enumerate(shown):
+        fig.add_trace(d.image_trace(trace, d.png_uri(d.final_image(trace, k), d.PREVIEW_SIDE), "frame"),
+                      row=1, col=i + 1)
+        fig.add_trace(d.heat_trace(trace, z[k], opacity=opacity, colorscale=colorscale, showscale=i == 0),
+                      row=1, col=i + 1)
+        d.image_axes(fig, trace, 1, i + 1)
+    fig.update_annotations(font_size=11)
+    title = f"Which frames {d.words_title(trace, word)} shaped, {_selection(trace, steps, layers)}"
+    return fig.update_layout(title=title, width=max(420, 150 * len(shown) + 80), height=260)
+
+
+def _frame_label(trace: Trace, k: int) -> str:
+    """"frame 2 (video 5-8)": a latent frame and the output frames it decodes to."""
+    out = trace.output_frames_of(k)
+    return f"frame {k} (video {out[0]}{'' if len(out) == 1 else f'-{out[-1]}'})"
 
 
 @d.one_thread

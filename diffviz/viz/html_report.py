@@ -6,6 +6,7 @@ disk with no network: classrooms are often offline.
 
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
            notes: dict[str, str] | None = None) -> Path:
     """Write one self-contained HTML report of ``trace`` to ``path``; returns the path.
 
-    Sections: denoising (animated), where each word looks, when each word matters, where in the
+    Sections: for a video, a strip of frames per word (which frames it shaped), then the rest on its
+    middle latent frame; denoising (animated), where each word looks, when each word matters, where in the
     U-Net ``word`` acts (default: the word with the most attention), classifier-free guidance (when
     the trace has it), noise schedule and the final latent's channels. ``vae``: decode predicted x0
     exactly instead of the fast preview. ``progress``: a progress bar over the sections. ``notes``: more
@@ -48,12 +50,19 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
     if trace.num_steps == 0:
         raise ValueError("this trace is empty: nothing was generated inside its "
                          "`with diffviz.trace(pipe)` block.")
+    video, strips = None, []
+    if trace.is_video:  # a strip of frames per word, then the image sections on the middle latent frame
+        video, trace = trace, trace.frame(trace.num_frames // 2)
+        strips = [(f"Which frames “{w}” shaped",
+                   ("Its heat map at each latent frame, over the video frame that latent frame ends on, on "
+                    "one colour scale for the whole video: a darker frame read the word less."),
+                   functools.partial(figures.word_frames, video, w)) for w in dict.fromkeys(video.words)]
     word = d.default_word(trace) if word is None else trace.word_indices(word)[0]
     label = d.word_labels(trace)[word]
     frames = _frame_steps(trace.num_steps)
     shown = "" if frames is None else f" Showing {len(frames)} of the {trace.num_steps} steps."
-    sections = [
-        ("Denoising, step by step",
+    sections = [*strips,
+        ("Denoising, step by step" + ("" if video is None else f", {_frame_name(video, trace)}"),
          (f"Left: the model's guess of the finished image (predicted x0) at each step. Middle: the noisy "
           f"latent it was given. Right: where “{label}” sent its information at that step. "
           f"It opens at the first step where signal outweighs noise; drag the slider back to step 0 to see "
@@ -92,8 +101,20 @@ def report(trace: Trace, path: str | Path, *, word: str | int | None = None,
         parts.append(f"<h2>{html.escape(title)}</h2>\n<p class='note'>{html.escape(note)}</p>\n"
                      + figure_html(make(), f"fig{i}"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(trace, parts, notes or {}), encoding="utf-8")
+    path.write_text(_page(video or trace, parts, notes or {}), encoding="utf-8")
     return path
+
+
+def _frames(trace: Trace) -> str:
+    """", 81 frames" for a video with its frames, else ""."""
+    return f", {len(trace.image)} frames" if trace.is_video and trace.image is not None else ""
+
+
+def _frame_name(video: Trace, frame: Trace) -> str:
+    """"latent frame 4 of 13 (video frames 13-16)"."""
+    k = frame.options["frame"]
+    out = video.output_frames_of(k)
+    return f"latent frame {k} of {video.num_frames} (video frames {out[0]}-{out[-1]})"
 
 
 def _frame_steps(n: int) -> list[int] | None:
@@ -112,7 +133,8 @@ def _page(trace: Trace, parts: list[str], notes: dict[str, str]) -> str:
     rows = [("prompt", trace.prompt), ("negative prompt", trace.negative_prompt or "(none)"), *notes.items(),
             ("model", trace.model.get("name") or trace.model.get("pipeline", "?")),
             ("scheduler", f"{trace.scheduler.get('name', '?')}, {trace.num_steps} steps"),
-            ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"),
+            ("guidance scale", f"{trace.guidance_scale:g}"), ("image", f"{trace.width} x {trace.height} px"
+                                                                + _frames(trace)),
             ("captured", f"{len(trace.layers)} prompt-reading attention layers, {len(trace.tokens)} tokens")]
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"""<!DOCTYPE html>

@@ -25,6 +25,9 @@ trace must open without it). An adapter provides:
 * the schedule: ``x0(model_output, t, sample)`` when the scheduler does not return it, and
   ``schedule(t) -> (alpha_bar, sigma)`` per step (alphas for DDPM-style schedulers, sigmas for flow
   matching), stored in the Trace.
+* video families (``video.py``: Wan, CogVideoX) add a frame axis: latents ``[B, C, frame, h, w]`` after
+  ``unpack``, query grids ``(frame, h, w)``; the video is read from ``vae.decode``. ``guidance_calls``
+  says whether a guided step is one batched denoiser call or two (Wan: conditional, then unconditional).
 * the rest has defaults here: ``guided()``, ``latent_size(sample)``, ``unpack(latents)``,
   ``default_size()``, ``latent_channels()``, ``model_info()``; ``step_model(trace, step, target)``
   rebuilds one denoiser call for attribution (families without it raise NotImplementedError).
@@ -33,7 +36,8 @@ trace must open without it). An adapter provides:
 from __future__ import annotations
 
 # isort: off
-from . import sd, sd3, flux, pixart  # noqa: F401  (each registers its family; family_of tries them in this order)
+# each registers its family; family_of tries them in this order
+from . import sd, sd3, flux, pixart, wan, cogvideox  # noqa: F401
 # isort: on
 from .base import FAMILIES, CaptureError, Family, PromptTokens, family_of, supported
 

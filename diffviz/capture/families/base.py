@@ -9,6 +9,7 @@ See ``diffviz.capture.families`` for what an adapter provides.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,19 @@ def require_processor(name: str, original, expected: type, family: str, untraced
             f"would replace it and drop its effect on the image ({untraced} not traced on {family} yet). "
             "Trace without it (e.g. pipe.unload_ip_adapter()), or pick other layers with layers=..."
         )
+
+
+def running_guidance(pipe) -> float | None:
+    """The guidance scale of the ``pipe.__call__`` running the denoiser now, None without guidance. For the
+    pipelines that keep guidance_scale and do_classifier_free_guidance as locals of ``__call__`` (PixArt,
+    CogVideoX; SD has attributes): read from that call's frame."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        local = frame.f_locals
+        if frame.f_code.co_name == "__call__" and local.get("self") is pipe and "guidance_scale" in local:
+            return float(local["guidance_scale"]) if local.get("do_classifier_free_guidance") else None
+        frame = frame.f_back
+    return None
 
 
 def padded_ids(trace, ids: torch.Tensor, pad_id: int, positions: Sequence[int] | None = None) -> torch.Tensor:
@@ -76,6 +90,10 @@ class Family:
     # turn each layer's q/k into maps as soon as the layer ran, not batched at the end of the step: for
     # transformers at 1024 px, holding every layer's queries (and their scores) until then costs gigabytes
     maps_per_layer = False
+    video = False  # latents and query grids with a frame axis (families/video.py)
+    # how a guided step calls the denoiser: "batched" (once, batch [uncond, cond]) or "separate" (twice,
+    # the conditional branch first: Wan)
+    guidance_calls = "batched"
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -150,13 +168,19 @@ class Family:
         h, w = self.default_size()
         return height or h, width or w
 
-    def latent_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-        """(h, w) latent cells of an image of ``height`` x ``width`` pixels (None: the default size)."""
+    def latent_grid(self, height: int | None = None, width: int | None = None,
+                    frames: int | None = None) -> tuple[int, ...]:
+        """(h, w) latent cells of an image of ``height`` x ``width`` pixels (None: the default size);
+        ``frames`` is for video families, which add the latent frames in front."""
         h, w = self.image_size(height, width)
         return h // self.vae_scale, w // self.vae_scale
 
     def latent_channels(self) -> int:
         return int(self.denoiser.config.in_channels)
+
+    def stored_dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        """(dtype of the latents and x0 the scheduler steps on, dtype of the denoiser's predictions)."""
+        return self.denoiser.dtype, self.denoiser.dtype
 
     def model_info(self) -> dict:
         config = json.dumps(dict(self.denoiser.config), sort_keys=True, default=str)
@@ -186,6 +210,11 @@ class TransformerDenoiser:
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.transformer
+
+    def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
+        """(sample, timestep): diffusers' transformers take ``hidden_states`` and a batch of timesteps."""
+        sample = args[0] if args else kwargs["hidden_states"]
+        return sample, torch.as_tensor(kwargs["timestep"]).reshape(-1)[0]
 
     def token_grid(self, latent: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the image tokens for a latent of ``latent``: one token per ``patch_size`` patch."""

@@ -8,19 +8,17 @@ no attention. The transformer predicts noise and a variance; the sampler gets th
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ...traces import Layer, guide
 from ..processor import cross_attention
 from . import t5
-from .base import PromptTokens, TransformerDenoiser, padded_ids, register
+from .base import TransformerDenoiser, padded_ids, register, running_guidance
 from .ddpm import DDPMSchedule
 
 
 @register
-class PixArtFamily(TransformerDenoiser, DDPMSchedule):
+class PixArtFamily(t5.OneT5, TransformerDenoiser, DDPMSchedule):
     name = "pixart"
     pipelines = "PixArtAlphaPipeline, PixArtSigmaPipeline (DiT with cross-attention over T5)"
     transformer_class = "PixArtTransformer2DModel"
@@ -45,22 +43,9 @@ class PixArtFamily(TransformerDenoiser, DDPMSchedule):
         return cross_attention(name, original, sink, edit)
 
     def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
-        self._guidance = self._running_guidance()
+        self._guidance = running_guidance(self.pipe)
         self._n_text = int(kwargs["encoder_hidden_states"].shape[1])
-        sample = args[0] if args else kwargs["hidden_states"]
-        return sample, torch.as_tensor(kwargs["timestep"]).reshape(-1)[0]
-
-    def _running_guidance(self) -> float | None:
-        """PixArt's pipelines keep guidance_scale and do_classifier_free_guidance as locals of ``__call__``
-        (no attribute as in SD): read them from that call's frame, which is running the denoiser now."""
-        frame = inspect.currentframe()
-        while frame is not None:
-            local = frame.f_locals
-            ours = frame.f_code.co_name == "__call__" and local.get("self") is self.pipe
-            if ours and "guidance_scale" in local:
-                return float(local["guidance_scale"]) if local.get("do_classifier_free_guidance") else None
-            frame = frame.f_back
-        return None
+        return super().denoiser_io(args, kwargs)
 
     def guided(self) -> bool:
         return self._guidance is not None
@@ -76,15 +61,6 @@ class PixArtFamily(TransformerDenoiser, DDPMSchedule):
 
     def latent_channels(self) -> int:
         return int(self.denoiser.config.in_channels)
-
-    def text_encoders(self) -> list[torch.nn.Module]:
-        return [self.pipe.text_encoder]
-
-    def read_prompt(self, ids: list[list[torch.Tensor]], prompt: int) -> PromptTokens:
-        tok = self.pipe.tokenizer
-        text, words, tokens, special = t5.read(tok, t5.first_row(ids[0], prompt))
-        negative = t5.read(tok, t5.first_row(ids[0][1:], prompt))[0] if len(ids[0]) > 1 else None
-        return PromptTokens(text, negative, words, tokens, special=special)
 
     def model_info(self) -> dict:
         """Adds the number of text keys (``max_sequence_length``), which attribution needs."""

@@ -46,9 +46,8 @@ class SD3Family(TransformerDenoiser, FlowMatching):
         return JointProcessor(name, sink, edit)
 
     def denoiser_io(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, object]:
-        sample = args[0] if args else kwargs["hidden_states"]
         self._n_text = int(kwargs["encoder_hidden_states"].shape[1])
-        return sample, torch.as_tensor(kwargs["timestep"]).reshape(-1)[0]
+        return super().denoiser_io(args, kwargs)
 
     def model_info(self) -> dict:
         """Adds the number of text keys (77 + T5's max_sequence_length), which attribution needs."""

@@ -16,6 +16,7 @@ import string
 import torch
 
 from ...traces import Token
+from .base import PromptTokens
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -78,6 +79,20 @@ def align(words: list[str], other: list[str]) -> list[int | None]:
         out.append(None if hit is None else a_owner[hit])
         start += len(w)
     return out
+
+
+class OneT5:
+    """Mixin for the families whose one text encoder is T5 (``pipe.text_encoder``, ``pipe.tokenizer``):
+    PixArt, Wan, CogVideoX. The prompt is the first encoder call's row, the negative prompt the next's."""
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.text_encoder]
+
+    def read_prompt(self, ids: list[list[torch.Tensor]], prompt: int) -> PromptTokens:
+        tok = self.pipe.tokenizer
+        text, words, tokens, special = read(tok, first_row(ids[0], prompt))
+        negative = read(tok, first_row(ids[0][1:], prompt))[0] if len(ids[0]) > 1 else None
+        return PromptTokens(text, negative, words, tokens, special=special)
 
 
 def first_row(calls: list[torch.Tensor], prompt: int) -> list[int]:
