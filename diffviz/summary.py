@@ -156,8 +156,8 @@ def summarize(trace: Trace, windows: int | Sequence[tuple[int, int]] = DEFAULT_W
         raise ValueError("this trace is empty (no generation ran inside its `with diffviz.trace(pipe)` "
                          "block).")
     if trace.is_video:
-        raise ValueError("summaries hold an image's maps; keep a video's full trace (batch --keep trace), or "
-                         "summarise one of its frames: summarize(trace.frame(k)).")
+        raise ValueError("summaries hold an image's maps; keep a video's full trace (diffviz batch --keep "
+                         "full), or summarise one of its frames: summarize(trace.frame(k)).")
     spans = windows_of(trace.num_steps, windows)
     # [token, word] one-hot: sums each word's subword tokens
     onehot = torch.zeros(len(trace.tokens), len(trace.words))
