@@ -46,7 +46,7 @@ def test_shipped_model_loads_with_no_network_and_no_hub_cache(tmp_path):
 def test_shipped_model_generates(pipe):
     assert pipe.device.type == "cpu"
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size * 4 == IMAGE_SIZE
-    assert pipe.text_encoder.config.num_hidden_layers == 0
+    assert pipe.text_encoder.config.num_hidden_layers == 1  # v3-text: one causal layer
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow circle"]
     out = pipe(prompts, num_inference_steps=20, generator=torch.Generator().manual_seed(0),
                output_type="np").images

@@ -1,15 +1,18 @@
-"""Lesson 1's new checks (course v2): predictions compared once the answer is right, and the
-image-to-image exercise counted by the judge from the student's own pictures."""
+"""Lesson 1's new checks (course v2): predictions compared once the answer is right, the image-to-image
+exercise counted by the judge from the student's own pictures, and one DDIM step by hand (exercise 4)
+checked against a real trace of the classroom model."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
 
+import diffviz
 from diffviz.course import lesson1
 
-from .conftest import training_picture
+from .conftest import PROMPT, training_picture
 
 OTHER = "a blue circle left of a red square"
 
@@ -17,8 +20,6 @@ OTHER = "a blue circle left of a red square"
 @pytest.fixture(scope="module")
 def trace(traced6):
     return traced6
-
-
 
 
 def test_distance_share_runs_from_one_to_zero(trace):
@@ -81,3 +82,81 @@ def test_pipeline_diagram_labels_its_arrows_with_the_traces_shapes(trace):
         assert shape in labels
     assert "(x2)" in labels  # guided: the U-Net runs with and without the prompt
     assert len(fig.layout.images) == 1  # the trace's picture at the end
+
+
+# ---- exercise 4: one DDIM step by hand, on a real trace of the classroom model --------------------------
+@pytest.fixture(scope="module")
+def classroom_trace():
+    """PROMPT on the classroom model (its own DDIM sampler), 8 steps, seed 5, guidance 7.5."""
+    pipe = diffviz.classroom.load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    with diffviz.trace(pipe) as run:
+        pipe(PROMPT, num_inference_steps=8, guidance_scale=7.5, generator=torch.Generator().manual_seed(5))
+    return run.trace
+
+
+def by_hand(trace, s, ab_prev=None):
+    """(x0, x_prev) of DDIM's step at ``s`` (eta = 0), in plain float maths; ``ab_prev`` overrides alpha_bar
+    of the previous timestep (a named wrong answer)."""
+    ab = float(trace.alpha_bar[s])
+    ab_prev = float(trace.alpha_bar[s + 1]) if ab_prev is None else ab_prev
+    x, eps = trace.latents[s], trace.noise_guided[s]
+    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    return x0, math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+
+
+def test_check_ddim_step_accepts_the_step_the_sampler_took(classroom_trace, capsys):
+    tr = classroom_trace
+    assert tr.scheduler["name"] == "DDIMScheduler"
+    for s in range(tr.num_steps - 1):
+        assert lesson1.check_ddim_step(by_hand(tr, s), tr, s)
+    s = 4
+    share = float((tr.latents[s + 1] - tr.latents[s]).norm() / (tr.x0[s] - tr.latents[s]).norm())
+    assert lesson1.step_share(tr, s) == pytest.approx(share, rel=1e-4)
+    capsys.readouterr()
+    assert lesson1.check_ddim_step(list(by_hand(tr, s)), tr, s, prediction=share + 0.04)
+    out = capsys.readouterr().out
+    assert "✓ Right" in out and f"{share:.0%} of the way" in out and "was close" in out
+    assert lesson1.check_ddim_step(by_hand(tr, s), tr, s, prediction=share + 0.3)
+    assert "was off" in capsys.readouterr().out
+
+
+def test_the_printed_solution_passes_the_check(classroom_trace, capsys):
+    tr, i = classroom_trace, 5
+    lesson1.solution("ddim_step")
+    code = capsys.readouterr().out
+    given = {"x_t": tr.latents[i], "eps": tr.noise_guided[i], "ab_t": tr.alpha_bar[i],
+             "ab_prev": tr.alpha_bar[i + 1]}
+    exec(code, given)  # noqa: S102 (the lesson's own printed solution, run on the notebook's given names)
+    assert lesson1.check_ddim_step(given["answer"], tr, i)
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson1.solution("x0")
+
+
+def test_check_ddim_step_rejects_named_wrong_answers(classroom_trace, capsys):
+    tr, s = classroom_trace, 4
+    ab, ab_prev = float(tr.alpha_bar[s]), float(tr.alpha_bar[s + 1])
+    x, eps = tr.latents[s], tr.noise_guided[s]
+    x0, x_prev = by_hand(tr, s)
+    capsys.readouterr()
+    wrong = {
+        "x_prev without the square roots": ((x0, ab_prev * x0 + (1 - ab_prev) * eps), "x_prev leaves out"),
+        "x0 without the square roots": (((x - (1 - ab) * eps) / ab, x_prev), "x0 leaves out"),
+        "alpha_bar of this step, not the previous timestep's": (by_hand(tr, s, ab_prev=ab), "of this step"),
+        "alpha_bar of the step before": (by_hand(tr, s, ab_prev=float(tr.alpha_bar[s - 1])),
+                                         f"alpha_bar[{s - 1}]"),
+        "no noise put back": ((x0, x0), "x0 itself"),
+        "the pair swapped": ((x_prev, x0), "Hint:"),
+        "the next step's x0": ((tr.x0[s + 1], x_prev), "x_prev is right, x0 is not"),
+    }
+    for name, (answer, says) in wrong.items():
+        assert not lesson1.check_ddim_step(answer, tr, s), name
+        out = capsys.readouterr().out
+        assert "✗ Not yet. Hint:" in out and says in out, (name, out)
+        assert "of the way" not in out  # a wrong answer reveals nothing
+    assert not lesson1.check_ddim_step(x_prev, tr, s)  # one tensor, not the pair
+    assert "answer a pair" in capsys.readouterr().out
+    assert not lesson1.check_ddim_step(None, tr, s)
+    assert "Not answered yet. Hint:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="step must be"):
+        lesson1.check_ddim_step(by_hand(tr, s), tr, tr.num_steps - 1)  # no next latent to compare with

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffviz.classroom import load_pipeline
+from diffviz.classroom import judge, load_pipeline
 from diffviz.course import lesson10
 
 from .conftest import generate
@@ -25,24 +25,36 @@ def _draw(pipe, seed=5, **inputs):
                            **inputs).images[0])
 
 
-def test_token_states_are_the_encoder_and_positions_move_words(classroom):
+def _rows_differ(a, b):
+    """[77] bool: which rows of two [1, 77, d] states differ."""
+    return (a - b).abs().amax(dim=-1)[0] > 0
+
+
+def test_token_states_are_the_encoder_and_positions_move_through_the_causal_layer(classroom):
     ids = lesson10.token_ids(classroom, PROMPT)
     with torch.no_grad():
-        assert torch.equal(lesson10.token_states(classroom, PROMPT), classroom.text_encoder(ids)[0])
+        encoded = classroom.text_encoder(ids)[0]
+    states = lesson10.token_states(classroom, PROMPT)
+    assert torch.equal(states, encoded)  # positions=None is exactly the encoder's output
     red, blue = (lesson10.word_position(classroom, PROMPT, "red"),
                  lesson10.word_position(classroom, PROMPT, "blue"))
     assert (red, blue) == (2, 7)
     moved = lesson10.token_states(classroom, PROMPT, lesson10.swapped(77, red, blue))
+    # causal: rows before the first moved position are unchanged, later rows change
+    changed = _rows_differ(moved, states)
+    assert not changed[:red].any() and changed[red:blue + 1].all() and changed[blue + 1:].any()
+    # moving position embeddings is not writing the words there: the rows between the two differ, the rows
+    # after both read the same (word, position) pairs and agree
     words_swapped = lesson10.token_states(classroom, "a blue circle left of a red square")
-    # the same set of states in another row order: "red" moved to position 7 is the state of "red" written
-    # there
-    assert (torch.equal(moved[0, red], words_swapped[0, blue])
-            and torch.equal(moved[0, blue], words_swapped[0, red]))
-    assert torch.equal(moved[0, :red], words_swapped[0, :red])
-    assert not torch.allclose(moved[0, red], lesson10.token_states(classroom, PROMPT)[0, red])
+    differ = _rows_differ(moved, words_swapped)
+    assert not differ[:red].any() and differ[red:blue + 1].all()
+    assert torch.allclose(moved[0, blue + 1:], words_swapped[0, blue + 1:], atol=1e-5)
+    # replace= at a row changes that row and the rows after it, not those before
     blue_vec = lesson10.token_embedding(classroom, "blue")
-    assert torch.equal(lesson10.token_states(classroom, PROMPT, replace={red: blue_vec})[0, red],
-                       lesson10.token_states(classroom, "a blue circle left of a blue square")[0, red])
+    replaced = lesson10.token_states(classroom, PROMPT, replace={red: blue_vec})
+    assert torch.equal(replaced, lesson10.token_states(classroom, "a blue circle left of a blue square"))
+    changed = _rows_differ(replaced, states)
+    assert not changed[:red].any() and changed[red] and changed[red + 1]
     with pytest.raises(ValueError, match="not one token"):
         lesson10.token_embedding(classroom, "magenta")
     with pytest.raises(ValueError, match="not a token"):
@@ -51,9 +63,11 @@ def test_token_states_are_the_encoder_and_positions_move_words(classroom):
         lesson10.token_states(classroom, PROMPT, [0, 1, 2])
 
 
-def test_token_states_refuse_an_encoder_with_layers(sd_pipe):
-    with pytest.raises(ValueError, match="layers"):
-        lesson10.token_states(sd_pipe, "a cat")
+def test_token_states_are_the_encoder_on_an_encoder_with_more_layers(sd_pipe):
+    ids = lesson10.token_ids(sd_pipe, "a cat")
+    with torch.no_grad():
+        encoded = sd_pipe.text_encoder(ids.to(sd_pipe.text_encoder.device))[0]
+    assert torch.equal(lesson10.token_states(sd_pipe, "a cat"), encoded)
 
 
 def test_check_reversed_on_real_pictures(classroom, sd_pipe):
@@ -107,3 +121,101 @@ def test_tiny_trainer_learns_and_is_reproducible(classroom):
     assert young.unet is trainer.unet and young.vae is classroom.vae
     image = _draw(young, prompt="a red circle")
     assert image.shape == (classroom.unet.config.sample_size * classroom.vae_scale_factor,) * 2 + (3,)
+
+
+def _loss_batch(classroom, n=4):
+    scenes = lesson10.probe_scenes(n, seed=2)
+    trainer = lesson10.loss_trainer(classroom, [s.image for s in scenes], [s.caption for s in scenes],
+                                    batch=n)
+    x0, tokens, noise, t = batch = trainer.batch()
+    alpha_bar = trainer.alphas_cumprod
+
+    @torch.no_grad()
+    def predict(x_t):
+        return classroom.unet(x_t, t, classroom.text_encoder(tokens)[0]).sample
+
+    return trainer, batch, dict(x0=x0, noise=noise, t=t, alpha_bar=alpha_bar, predict=predict, torch=torch)
+
+
+def test_check_loss_accepts_the_trainers_loss_and_names_a_wrong_ingredient(classroom, capsys):
+    trainer, batch, names = _loss_batch(classroom)
+    x0, _, noise, t = batch
+    a = names["alpha_bar"][t].view(-1, 1, 1, 1)
+    predict = names["predict"]
+    right = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    plain = (predict(right) - noise).pow(2).mean()
+    snr = a.view(-1) / (1 - a.view(-1))
+    weighted = (snr.clamp(max=5) / snr * (predict(right) - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    assert not torch.allclose(plain, weighted, rtol=1e-2)  # the batch tells the two apart
+    assert lesson10.check_loss(plain, right, trainer, batch)
+    assert lesson10.check_loss(float(weighted), right, trainer, batch)
+    assert lesson10.check_loss(plain, None, trainer, batch)
+    capsys.readouterr()
+    # the noise scaled by (1 - alpha_bar) instead of its square root
+    wrong = a.sqrt() * x0 + (1 - a) * noise
+    assert not lesson10.check_loss((predict(wrong) - noise).pow(2).mean(), wrong, trainer, batch)
+    assert "square roots" in capsys.readouterr().out
+    swapped = (1 - a).sqrt() * x0 + a.sqrt() * noise
+    assert not lesson10.check_loss((predict(swapped) - noise).pow(2).mean(), swapped, trainer, batch)
+    assert "wrong way round" in capsys.readouterr().out
+    # the clean latents as the target, a sum for a mean
+    assert not lesson10.check_loss((predict(right) - x0).pow(2).mean(), right, trainer, batch)
+    assert "not the clean latents" in capsys.readouterr().out
+    assert not lesson10.check_loss((predict(right) - noise).pow(2).sum(), right, trainer, batch)
+    assert "not a sum" in capsys.readouterr().out
+    assert not lesson10.check_loss(plain, right[:, :2], trainer, batch)
+    assert "shape" in capsys.readouterr().out
+    assert not lesson10.check_loss(None, None, trainer, batch)
+    assert "Not answered" in capsys.readouterr().out
+    # the printed solution, run as a student would, passes the check
+    lesson10.solution("loss")
+    code = capsys.readouterr().out
+    exec(code, names)  # noqa: S102 -- the lesson's own solution text, run as a student runs it
+    assert lesson10.check_loss(names["answer"], names["x_t"], trainer, batch)
+    with pytest.raises(ValueError, match="no solution"):
+        lesson10.solution("reversed")
+
+
+def test_loss_trainer_is_the_trainer_on_frozen_copies(classroom):
+    trainer, _, _ = _loss_batch(classroom)
+    assert trainer.unet is not classroom.unet and not any(p.requires_grad for p in trainer.params)
+    before = trainer.unet.conv_in.weight.clone()
+    with pytest.raises(RuntimeError):  # nothing can learn
+        trainer.train_step()
+    assert torch.equal(trainer.unet.conv_in.weight, before)
+    assert torch.equal(classroom.unet.conv_in.weight, before)
+
+
+CONCEPT = "a large green circle"
+TINY_STEPS = 20  # textual inversion at tiny size: 20 batches of 8 (measured: 8 of 8 right, untrained 0)
+
+
+def test_learn_word_teaches_the_concept_and_leaves_the_pipeline_unchanged(classroom):
+    embedding = classroom.text_encoder.get_input_embeddings().weight.clone()
+    n_tokens = len(classroom.tokenizer)
+    images = lesson10.concept_images(CONCEPT, n=8)
+    assert all(judge.judge(CONCEPT, im)["correct"] for im in images)
+    mine = lesson10.learn_word(classroom, images, steps=TINY_STEPS, batch=8, progress=False)
+    start = lesson10.token_embedding(classroom, "a")
+    learnt, _ = lesson10.judged_share(lesson10.with_word(classroom, "<mine>", mine), "a <mine>", CONCEPT,
+                                      n=8, steps=8)
+    untrained, _ = lesson10.judged_share(lesson10.with_word(classroom, "<mine>", start), "a <mine>", CONCEPT,
+                                         n=8, steps=8)
+    assert learnt > untrained
+    # the shipped pipeline is as it was: no new token, the same embeddings
+    assert len(classroom.tokenizer) == n_tokens
+    assert torch.equal(classroom.text_encoder.get_input_embeddings().weight, embedding)
+    near = lesson10.nearest_words(classroom, mine, k=3)
+    assert len(near) == 3 and near[0][1] >= near[1][1] >= near[2][1]
+    assert lesson10.nearest_words(classroom, start, k=1) == [("a", pytest.approx(1.0))]
+
+
+def test_learn_word_is_seeded_and_refuses_a_known_word(classroom):
+    images = lesson10.concept_images(CONCEPT, n=4)
+    runs = [lesson10.learn_word(classroom, images, steps=3, batch=4, progress=False) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], lesson10.token_embedding(classroom, "a"))
+    with pytest.raises(ValueError, match="already a token"):
+        lesson10.with_word(lesson10.with_word(classroom, "<mine>", runs[0]), "<mine>", runs[0])
+    with pytest.raises(ValueError, match="one object"):
+        lesson10.concept_images("a red circle left of a blue square")

@@ -28,6 +28,7 @@ def test_unanswered_prints_a_hint_and_is_false(trace, capsys):
     images = [np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)]
     checks = [
         lambda: lesson1.check_x0(None, trace, 2), lambda: lesson1.check_signal_step(None, trace),
+        lambda: lesson1.check_ddim_step(None, trace, 2),
         lambda: lesson2.check_top_word(None, trace),
         lambda: lesson2.check_peak_step(None, trace, "red"),
         lambda: lesson3.check_guided(None, trace, 2),

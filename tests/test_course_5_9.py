@@ -208,25 +208,51 @@ def test_lesson9_split_words_and_resolutions(split_trace, capsys):
     tr = split_trace
     assert lesson9.split_words(tr) == ["teacup"]
     assert lesson9.check_split_words(["teacup"], tr)
+    assert lesson9.check_split_words([" Teacup"], tr, prediction=["teacup"])
+    assert "was close" in capsys.readouterr().out
     assert not lesson9.check_split_words([], tr)
     assert not lesson9.check_split_words(["teacup", "square"], tr)
-    right = {l.resolution for l in tr.layers}
-    assert len(right) == 2
+    assert not lesson9.check_split_words("teacup", tr)  # a list of words, not one string
+    assert not lesson9.check_split_words(None, tr)
+    assert "Not answered yet" in capsys.readouterr().out
+    right = {}
+    for l in tr.layers:
+        right[l.resolution] = right.get(l.resolution, 0) + 1
+    assert len(right) == 2 and lesson9.layers_per_resolution(tr) == right
+    assert lesson9.resolutions(tr) == set(right)
     assert lesson9.check_resolutions(right, tr)
-    assert lesson9.check_resolutions(list(right), tr)
-    assert not lesson9.check_resolutions(set(list(right)[:1]), tr)
-    assert not lesson9.check_split_words(["teacup"], None)  # no checkpoint: skipped, never raises
-    assert "skipped: set DIFFVIZ_MODEL" in capsys.readouterr().out
+    assert lesson9.check_resolutions({k.replace("x", " x "): v for k, v in right.items()}, tr)
+    finest, coarsest = sorted(right, key=lambda r: -int(r.split("x")[0]))
+    where = ("equally" if right[finest] == right[coarsest]
+             else "finest" if right[finest] > right[coarsest] else "coarsest")
+    assert lesson9.finest_or_coarsest(tr) == where
+    capsys.readouterr()
+    assert lesson9.check_resolutions(right, tr, prediction=where.capitalize())
+    assert "was close" in capsys.readouterr().out
+    other = "finest" if where != "finest" else "coarsest"
+    assert lesson9.check_resolutions(right, tr, prediction=other)
+    assert "was off" in capsys.readouterr().out
+    assert not lesson9.check_resolutions(set(right), tr)  # the resolutions alone are not the counts
+    assert not lesson9.check_resolutions({k: v + 1 for k, v in right.items()}, tr)
+    assert not lesson9.check_resolutions(dict(list(right.items())[:1]), tr)
+    assert not lesson9.check_resolutions(None, tr)
 
 
-def test_lesson9_heads_megabytes(sd_pipe, split_trace):
+def test_lesson9_heads_megabytes(sd_pipe, split_trace, capsys):
     tr = split_trace
-    right = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps, len(tr.tokens),
-                                   heads=True)["attention"] / 1e6
-    mean = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, tr.num_steps,
-                                  len(tr.tokens))["attention"] / 1e6
-    assert right > mean
+    args = (tr.num_steps, len(tr.tokens))
+    right = diffviz.estimate_bytes(sd_pipe, 2 * tr.height, 2 * tr.width, *args, heads=True)["attention"] / 1e6
+    same_size = diffviz.estimate_bytes(sd_pipe, tr.height, tr.width, *args, heads=True)["attention"] / 1e6
+    mean = diffviz.estimate_bytes(sd_pipe, 2 * tr.height, 2 * tr.width, *args)["attention"] / 1e6
+    assert right > same_size and right > mean
+    assert abs(lesson9.attention_megabytes(sd_pipe, tr, heads=True, scale=2) - right) < 1e-9
     assert lesson9.check_heads_megabytes(right, sd_pipe, tr)
-    assert not lesson9.check_heads_megabytes(mean, sd_pipe, tr)
+    capsys.readouterr()
+    assert lesson9.check_heads_megabytes(right, sd_pipe, tr, prediction=right / same_size)
+    assert "was close" in capsys.readouterr().out
+    assert lesson9.check_heads_megabytes(right, sd_pipe, tr, prediction=2)
+    assert "was off" in capsys.readouterr().out
+    assert not lesson9.check_heads_megabytes(same_size, sd_pipe, tr)  # the trace's own size
+    assert not lesson9.check_heads_megabytes(mean, sd_pipe, tr)  # the head mean
+    assert not lesson9.check_heads_megabytes("many", sd_pipe, tr)
     assert not lesson9.check_heads_megabytes(None, sd_pipe, tr)
-    assert not lesson9.check_heads_megabytes(right, sd_pipe, None)

@@ -63,7 +63,7 @@ def test_every_lesson_opens_with_objectives_and_the_time_in_the_readme():
     readme = README.read_text(encoding="utf-8")
     rows = re.findall(r"^\| (\d+) \|.*\| (\d+) min", readme, re.MULTILINE)  # the table of the lessons
     table = {int(n): int(minutes) for n, minutes in rows}
-    assert len(LESSONS) == 10
+    assert len(LESSONS) == 11
     for notebook in LESSONS:
         first = read(notebook).cells[0].source
         assert "**You will be able to**" in first, notebook.name

@@ -1,5 +1,6 @@
 """Lesson 9 on a user's checkpoint: the notebook runs top to bottom with DIFFVIZ_MODEL pointing at a
-saved diffusers folder (a tiny Stable Diffusion built from config, 64 px), not only its skip path."""
+saved diffusers folder (a tiny Stable Diffusion built from config, 64 px), the same cells that nbval runs on
+the classroom model."""
 
 from __future__ import annotations
 
@@ -27,5 +28,8 @@ def test_lesson9_runs_on_a_saved_checkpoint(tmp_path, monkeypatch):
     out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "skipped" not in out
     assert "StableDiffusionPipeline on cpu torch.float32" in out
-    assert "Spearman" in out and "per head" in out  # attribution and the heads section ran
+    assert "no judge for this model" in out  # the pictures are not judged, the findings only reported
+    assert "attention maps:" in out and "estimated" in out  # the estimate beside what the trace holds
+    assert "Spearman" in out and "per head" in out  # attribution, suppression and the heads section ran
+    assert "What we saw: the classroom model" not in out  # the classroom-only findings are not stated
     assert "Not answered yet" in out  # the exercise checks ran on the trace

@@ -91,27 +91,22 @@ class CheckCannotFail(AssertionError):
     """A lesson's check accepts the wrong answer it names: it could not fail, so it proves nothing."""
 
 
-def saw(finding: str, measured, test: Callable[[object], bool] | None = None, *, wrong=None) -> None:
+def saw(finding: str, measured, test: Callable[[object], bool], *, wrong) -> None:
     """State a lesson's finding and check it: prints "What we saw: ..." when ``test(measured)`` holds.
 
     ``measured`` is what the run measured (a number, a tuple, a verdict...), ``test`` the finding as a
     predicate on it, and ``wrong`` a value the finding would be false for (what another model, or a wrong
     reading, could have measured): ``test(wrong)`` must be False, or ``CheckCannotFail`` is raised on any
-    model, so every stated finding is a check that can fail and names how. (Without ``test``, ``measured``
-    is the finding's truth value: the old form, which names no wrong answer.)
+    model, so every stated finding is a check that can fail and names how.
 
     On the classroom model a finding that no longer holds raises ``LessonClaimError`` (CI runs the
     notebooks, so a changed model fails instead of leaving the text false); on another model it
     prints that the finding does not hold there.
     """
-    if test is not None:
-        if test(wrong):
-            raise CheckCannotFail(f"the check of {finding!r} accepts the wrong answer {wrong!r}: it cannot "
-                                  "fail; make it test the measurement.")
-        holds = bool(test(measured))
-    else:
-        holds = bool(measured)
-    if holds:
+    if test(wrong):
+        raise CheckCannotFail(f"the check of {finding!r} accepts the wrong answer {wrong!r}: it cannot "
+                              "fail; make it test the measurement.")
+    if test(measured):
         print(f"What we saw: {finding}")
     elif ON_CLASSROOM_MODEL:
         raise LessonClaimError(f"The lesson says {finding!r}, and this run does not show it.")

@@ -1,7 +1,8 @@
 """Lesson 1, denoising step by step: the pipeline diagram, reference answers and exercise checks.
 
 Every ``check_*`` prints a verdict and returns True or False; ``None`` (unanswered) prints a hint. A
-``prediction`` (written before measuring) is compared once the answer is right.
+``prediction`` (written before measuring) is compared once the answer is right. ``solution("ddim_step")``
+prints exercise 4's answer, for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -137,3 +138,88 @@ def check_recoloured(answer, images: Sequence, prompt: str, prediction: int | No
     close = prediction is not None and abs(int(prediction) - right) <= 1
     predicted(prediction, close, f"{right} of {len(images)} pictures took the new prompt's colours")
     return True
+
+
+def step_share(trace: Trace, step: int) -> float:
+    """||latents[step + 1] - latents[step]|| / ||x0[step] - latents[step]||: the share of the way from the
+    noisy latent to its own guess x0 that the sampler's step at ``step`` moves the latent."""
+    x, x0, nxt = (trace.latents[step].double(), trace.x0[step].double(), trace.latents[step + 1].double())
+    return float((nxt - x).norm() / (x0 - x).norm())
+
+
+DDIM_STEP_HINT = ("x0: take the noise part, sqrt(1 - alpha_bar) times the predicted noise, away from x_t, "
+                  "then undo the signal's scale sqrt(alpha_bar) (both at t_i: ab_t). x_prev: mix that x0 and "
+                  "the same predicted noise with the weights of the previous timestep, sqrt(ab_prev) and "
+                  "sqrt(1 - ab_prev); eta = 0 adds no fresh noise. Answer the pair (x0, x_prev).")
+
+
+def _ddim_mistake(x0, x_prev, trace: Trace, step: int) -> str:
+    """Names a common slip when the student's pair equals it (float64 maths on the trace's tensors)."""
+    ab, ab_prev = trace.alpha_bar[step].double(), trace.alpha_bar[step + 1].double()
+    x, eps = trace.latents[step].double(), trace.noise_guided[step].double()
+    right_x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    slips = [
+        (x0, (x - (1 - ab) * eps) / ab, ("your x0 leaves out the square roots: the weights are "
+                                         "sqrt(alpha_bar) and sqrt(1 - alpha_bar), not alpha_bar itself.")),
+        (x_prev, ab_prev * right_x0 + (1 - ab_prev) * eps,
+         "your x_prev leaves out the square roots of ab_prev and 1 - ab_prev."),
+        (x_prev, ab.sqrt() * right_x0 + (1 - ab).sqrt() * eps,
+         ("your x_prev uses alpha_bar of this step (ab_t): that gives x_t back. The step lands at the "
+          "previous timestep, so its weights use ab_prev.")),
+        (x_prev, right_x0, ("your x_prev is x0 itself: DDIM puts the predicted noise back in, at the "
+                            "previous timestep's level (sqrt(1 - ab_prev)).")),
+    ]
+    if step > 0:  # "previous" read as the step before, the noisier one
+        ab_before = trace.alpha_bar[step - 1].double()
+        slips.append((x_prev, ab_before.sqrt() * right_x0 + (1 - ab_before).sqrt() * eps,
+                      (f"your x_prev uses alpha_bar[{step - 1}], the noisier timestep of the step before. "
+                       f"The previous timestep is the one sampling goes to next, t_{step + 1} < t_{step}: "
+                       f"ab_prev = alpha_bar[{step + 1}].")))
+    for mine, slip, says in slips:
+        if mine is not None and tensor_answer(mine, slip.float(), "")[0]:
+            return says + " "
+    return ""
+
+
+def check_ddim_step(answer, trace: Trace, step: int, prediction: float | None = None) -> bool:
+    """``answer``: the pair ``(x0, x_prev)`` of [C, h, w] tensors, one DDIM step (eta = 0) at ``step`` of a
+    DDIM ``trace`` written by hand; compared with the sampler's own ``trace.x0[step]`` and
+    ``trace.latents[step + 1]``. ``prediction``: the share of the way from x_t to x0 the step moves, 0..1."""
+    if not 0 <= step < trace.num_steps - 1:
+        raise ValueError(f"step must be 0..{trace.num_steps - 2} (a step with a next one in the trace), "
+                         f"not {step}.")
+    x0_ref, prev_ref = trace.x0[step].float(), trace.latents[step + 1].float()
+    pair = isinstance(answer, (tuple, list)) and len(answer) == 2
+    if answer is not None and not pair:
+        return verdict(answer, False, "", "answer a pair: answer = (x0, x_prev). " + DDIM_STEP_HINT)
+    x0, x_prev = answer if pair else (None, None)
+    ok_x0, hint = tensor_answer(x0, x0_ref, DDIM_STEP_HINT)
+    ok_prev, hint = tensor_answer(x_prev, prev_ref, hint)
+    if answer is not None and not (ok_x0 and ok_prev):
+        mistake = _ddim_mistake(x0, x_prev, trace, step)
+        part = ("your x0 is right; x_prev is not. " if ok_x0 else
+                "your x_prev is right, x0 is not. " if ok_prev else "")
+        hint = part + mistake + hint
+    if not verdict(answer, ok_x0 and ok_prev, f"x0 and x_prev are the sampler's own x0[{step}] and "
+                                              f"latents[{step + 1}]: you took its step by hand.", hint):
+        return False
+    share = step_share(trace, step)
+    close = prediction is not None and abs(float(prediction) - share) <= 0.05
+    predicted(prediction, close, f"the step at {step} of {trace.num_steps} moves the latent {share:.0%} "
+                                 f"of the way from x_t to its guess x0 (the last step moves it "
+                                 f"{step_share(trace, trace.num_steps - 1):.0%})")
+    return True
+
+
+SOLUTIONS = {"ddim_step": """\
+x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()        # the guess of the clean latent at t_i
+x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps  # re-noised to the previous timestep (eta = 0)
+answer = (x0, x_prev)"""}
+
+
+def solution(exercise: str) -> None:
+    """Print a solution of this lesson's exercise ``exercise`` (``"ddim_step"``, exercise 4): read it after
+    trying."""
+    if exercise not in SOLUTIONS:
+        raise ValueError(f"no solution named {exercise!r}; there is {sorted(SOLUTIONS)}")
+    print(SOLUTIONS[exercise])

@@ -104,20 +104,29 @@ def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[s
 
 
 def check_largest_effect(answer: str | None, effects: Mapping[str, float],
-                         prediction: str | None = None) -> bool:
+                         prediction: str | None = None, clear: float = 1.0) -> bool:
     """Exercise 3: the ablation (a key of ``effects``, e.g. "coarse", "fine") whose effect is the largest
-    (ties: any). ``prediction``: the key guessed first."""
+    (ties: any), or "same" when it is less than ``clear`` times the next largest (``clear=1``: the largest
+    always wins). ``prediction``: the answer guessed first."""
     top = max(effects.values())
     best = {k for k, v in effects.items() if v >= top - 1e-12}
     rest = [v for k, v in effects.items() if k not in best]
-    margin = f" ({top / max(rest):.1f}x the next)" if rest and max(rest) > 0 else ""
+    ratio = top / max(rest) if rest and max(rest) > 0 else float("inf")
+    if len(best) > 1 and clear > 1 or ratio < clear:
+        best = {"same"}
+    margin = f" ({ratio:.1f}x the next)" if rest and max(rest) > 0 else ""
+    options = list(effects) + (["same"] if clear > 1 else [])
+    rule = f": none is {clear:g} times the next" if best == {"same"} else ""
     ok = answer is not None and str(answer) in best
     if not verdict(answer, ok,
-                   "effects: " + ", ".join(f"{k} {v:.3g}" for k, v in effects.items()) + margin + ".",
-                   f"answer one of {list(effects)}: the key with the largest value."):
+                   "effects: " + ", ".join(f"{k} {v:.3g}" for k, v in effects.items()) + margin
+                   + (f"; the answer is 'same'{rule}." if best == {"same"} else "."),
+                   f"answer one of {options}: the key with the largest value"
+                   + (f", or 'same' if it is not {clear:g} times the next." if clear > 1 else ".")):
         return False
     predicted(prediction, prediction in best,
-              f"the largest effect, {top:.3g}, from {' and '.join(sorted(best))}")
+              f"about the same effect{rule}" if best == {"same"}
+              else f"the largest effect, {top:.3g}, from {' and '.join(sorted(best))}")
     return True
 
 
