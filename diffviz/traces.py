@@ -63,6 +63,13 @@ class Layer:
         return self.label or self.name
 
 
+def output_frames(frame: int, temporal_compression: int) -> range:
+    """The output frames latent frame ``frame`` (0 or more) decodes to: the first alone, then
+    ``temporal_compression`` a latent frame."""
+    tc = temporal_compression
+    return range(1) if frame == 0 else range((frame - 1) * tc + 1, frame * tc + 1)
+
+
 def guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance, the prediction the sampler uses: ``uncond + scale * (cond - uncond)``."""
     return uncond + scale * (cond - uncond)
@@ -125,8 +132,7 @@ class Trace:
         n, tc = self.num_frames, self.temporal_compression
         if not -n <= frame < n:
             raise IndexError(f"latent frame {frame} is out of range: this trace has {n} (0..{n - 1}).")
-        frame %= n
-        return range(1) if frame == 0 else range((frame - 1) * tc + 1, frame * tc + 1)
+        return output_frames(frame % n, tc)
 
     def latent_frame_of(self, output_frame: int) -> int:
         """The latent frame that output frame ``output_frame`` (index into a video ``image``) comes from."""

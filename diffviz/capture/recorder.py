@@ -25,7 +25,7 @@ from .. import __version__
 from ..decode import fit_preview, to_uint8
 from ..regions import pool, region_mask
 from ..select import Layers, select_layers
-from ..traces import Layer, Trace
+from ..traces import Layer, Trace, output_frames
 from .families import CaptureError, Family, PromptTokens, family_of
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -428,7 +428,7 @@ class Recorder:
         if image.ndim == 3:
             return image
         tc = self.family.temporal_compression
-        return image[[min(k * tc, len(image) - 1) for k in range(self.latent[0])]]
+        return image[[min(output_frames(k, tc)[-1], len(image) - 1) for k in range(self.latent[0])]]
 
     def finish(self) -> None:
         """At the end of the block: a generation that stopped before its last step keeps what ran."""

@@ -85,6 +85,7 @@ class Explorer(widgets.VBox):
                                  "explore(v.frame(0), compare=v.frame(2)).")
             self.traces = [trace.frame(trace.num_frames // 2)]
         self.trace = trace = self.traces[0]
+        self._encoded: dict[int, dict] = {}  # a video's pictures per latent frame, encoded on first view
         self._pictures = self._encode()
         self._maps: list[torch.Tensor | None] = [None] * len(self.traces)  # [step, h, w] per row
         self._zmax = 1.0
@@ -369,9 +370,14 @@ class Explorer(widgets.VBox):
         self._on_selection(lines_y=True)
 
     def _encode(self) -> dict[tuple[int, str, int], str]:
-        """The x0 and noisy-input pictures of every row and step, PNG-encoded once."""
-        return {(r, of, s): d.preview_uri(t, s, of, fast=True) for r, t in enumerate(self.traces)
-                for of in ("x0", "latents") for s in range(t.num_steps)}
+        """The x0 and noisy-input pictures of every row and step, PNG-encoded once (per frame of a video)."""
+        frame = self.trace.options.get("frame", -1)
+        if frame in self._encoded:
+            return self._encoded[frame]
+        self._encoded[frame] = {(r, of, s): d.preview_uri(t, s, of, fast=True)
+                                for r, t in enumerate(self.traces)
+                                for of in ("x0", "latents") for s in range(t.num_steps)}
+        return self._encoded[frame]
 
     def _on_play(self) -> None:
         self.play.description = "❚❚ pause" if self.play.value else "▶ play"
