@@ -7,7 +7,9 @@ RUN holds ``model/`` (the trained pipeline), ``quality.json`` (its ``benchmarks/
 report), ``quality_shipped.json`` (the shipped model's, scored alike) and
 ``ckpt/snapshots/step_*/quality.json`` (the learning curve). The model is shipped only when single-object
 and two-object faithfulness and the word-map IoU on correctly drawn images are all higher, a metric both
-models have at its ceiling (100%) aside; the learning curve goes beside it as ``quality_curve.json``.
+models have at its ceiling (100%) aside; the learning curve goes beside it as ``quality_curve.json``: a run
+started from another (``--init-from``, a committed ``checkpoints/`` folder) carries that run's curve first, so
+the curve covers every sample the shipped weights have seen.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from unpack_classroom_run import install
 
+ROOT = Path(__file__).resolve().parents[1]
+
 METRICS = {"single-object": ("single", "correct"), "two-object": ("two", "correct"),
            "word-map IoU": ("localisation", "miou_correct_images")}
 
@@ -30,6 +34,24 @@ METRICS = {"single-object": ("single", "correct"), "two-object": ("two", "correc
 def compare(new: dict, old: dict) -> dict[str, tuple[float, float]]:
     """``{metric: (new, shipped)}`` for the metrics that decide."""
     return {name: (new[a][b], old[a][b]) for name, (a, b) in METRICS.items()}
+
+
+def lineage_curve(snapshots: list[Path], log: dict) -> list[dict]:
+    """The snapshots' scores (``quality.json`` files of one run whose ``training_log.json`` is ``log``), after
+    those of the run it started from, recursively. Each row: the run's preset, its own ``step``, ``samples``
+    seen since the first run began, and the scores."""
+    recipe = log["recipe"]
+    before, offset = [], 0
+    if recipe.get("init_from"):
+        parent = ROOT / recipe["init_from"]
+        parent_log = json.loads((parent / "training_log.json").read_text())
+        before = lineage_curve(sorted(parent.glob("snapshots/step_*/quality.json")), parent_log)
+        offset = parent_log["samples_seen"]
+    rows = [dict(run=recipe.get("preset") or "", step=int(path.parent.name.split("_")[1]),
+                 samples=offset + int(path.parent.name.split("_")[1]) * log["batch"],
+                 **json.loads(path.read_text()))
+            for path in snapshots]
+    return before + rows
 
 
 def main(argv=None) -> bool:
@@ -48,9 +70,8 @@ def main(argv=None) -> bool:
         why = "dry run" if better else "the new model does not beat the shipped one on every metric"
         print(f"not shipped: {why}")
         return False
-    curve = []
-    for path in sorted(args.run.glob("ckpt/snapshots/step_*/quality.json")):
-        curve.append(dict(step=int(path.parent.name.split("_")[1]), **json.loads(path.read_text())))
+    curve = lineage_curve(sorted(args.run.glob("ckpt/snapshots/step_*/quality.json")),
+                          json.loads((args.run / "model" / "training_log.json").read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         new = Path(tmp) / "weights"
         shutil.copytree(args.run / "model", new)

@@ -61,6 +61,22 @@ def test_relations_and_sizes_hold():
             assert expect[s.relation], s.caption
 
 
+def test_a_mirrored_scene_swaps_sides_and_names_the_opposite_relation():
+    for s in SCENES:
+        if s.relation is None:
+            with pytest.raises(ValueError, match="single-object"):
+                data.mirrored(s)
+            continue
+        m = data.mirrored(s)
+        assert m.objects == s.objects and m.relation == data.OPPOSITE_RELATION[s.relation] != s.relation
+        if len({o.colour for o in s.objects}) == 2:  # the judge tells objects apart by colour
+            assert judge(m.caption, m.image)["correct"] and not judge(m.caption, s.image)["correct"]
+        axis = 0 if s.relation in ("left of", "right of") else 1
+        for a, b in zip(s.centres, m.centres):  # mirrored on the relation's axis, the other axis kept
+            assert a[axis] + b[axis] == data.IMAGE_SIZE and a[1 - axis] == b[1 - axis]
+        assert (m.masks.sum((1, 2)) == s.masks.sum((1, 2))).all() and m.masks.sum(0).max() <= 1
+
+
 def test_deterministic_by_seed():
     a, b, c = data.scenes(3, 20), data.scenes(3, 20), data.scenes(4, 20)
     assert [s.caption for s in a] == [s.caption for s in b]
@@ -90,13 +106,12 @@ def test_benchmark_prompts_are_not_training_captions():
 
 
 def test_judge_accepts_ground_truth_and_rejects_a_wrong_relation():
-    flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     for s in SCENES[:150]:
         if len({o.colour for o in s.objects}) < len(s.objects):
             continue  # same-colour pairs may touch; the benchmark never asks for them
         assert judge(s.caption, s.image)["correct"], s.caption
         if s.relation:
-            wrong = s.caption.replace(s.relation, flip[s.relation])
+            wrong = s.caption.replace(s.relation, data.OPPOSITE_RELATION[s.relation])
             assert not judge(wrong, s.image)["correct"], wrong
     blank = np.full((32, 32, 3), 235, np.uint8)
     assert not judge("a red circle", blank)["correct"]

@@ -2,12 +2,13 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from diffviz.classroom import IMAGE_SIZE, judge, load_pipeline, model, train, unknown, vocabulary
+from diffviz.classroom import IMAGE_SIZE, data, judge, load_pipeline, model, train, unknown, vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,32 @@ def test_trainer_batches_are_a_function_of_seed_and_step():
     assert 300 < t.float().median() < 700 and (t < 100).float().mean() < 0.05  # the middle of the schedule
 
 
+def test_mirror_batches_pair_each_scene_with_its_twin(tmp_path):
+    """--mirror encodes each two-object scene beside its mirrored twin; a batch's second half holds the first
+    half's twins with the same noise and timestep (singles get a fresh scene there)."""
+    vae = model.build_components(0)["vae"].eval()
+    args = train.parse_args(["--n-scenes", "40", "--mirror", "--device", "cpu", "--batch", "32",
+                             "--seed", "4"])
+    pre = train.precompute(vae, args, torch.device("cpu"), frozenset(), progress=False)
+    scenes = data.scenes(4, 40)
+    assert len(pre["ids"]) == 40 + sum(s.relation is not None for s in scenes)
+    partner = pre["partner"]
+    twins = torch.nonzero(partner >= 0).view(-1)
+    assert torch.equal(partner[partner[twins]], twins) and (pre["objects"][twins] == 2).all()
+    (objs, rel), (twin_objs, twin_rel) = (
+        data.parse_caption(c) for c in model.tokenizer().batch_decode(pre["ids"][twins[:2]],
+                                                                      skip_special_tokens=True))
+    assert objs == twin_objs and twin_rel == data.OPPOSITE_RELATION[rel]  # only the relation differs
+    tr = train.Trainer(args, model.build_components(0), torch.device("cpu"), pre["latents"], pre["ids"],
+                       pre["objects"], pre["empty_ids"][0], partner)
+    x0, _, noise, t = tr.batch()
+    rows = [int(torch.nonzero((pre["latents"] == x).all(dim=(1, 2, 3)))[0]) for x in x0]
+    half = len(rows) // 2
+    assert torch.equal(noise[:half], noise[half:]) and torch.equal(t[:half], t[half:])
+    paired = [partner[a] == b for a, b in zip(rows[:half], rows[half:])]
+    assert sum(paired) == sum(partner[a] >= 0 for a in rows[:half]) > 0
+
+
 def test_lr_warms_up_and_decays_to_zero():
     tr = train.Trainer(train.parse_args(["--device", "cpu", "--lr", "1e-3", "--warmup", "10", "--decay"]),
                        model.build_components(0), torch.device("cpu"), torch.randn(4, 4, 8, 8),
@@ -192,3 +219,36 @@ def test_student_model_is_one_call_that_resumes(tmp_path, monkeypatch, capsys):
     assert "shipped" not in capsys.readouterr().out  # nothing left to train
     assert json.loads((tmp_path / "model" / "training_log.json").read_text())["step"] == log["step"]
     assert torch.equal(next(again.unet.parameters()), next(pipe.unet.parameters()))
+
+
+def test_shipped_learning_curve_covers_the_runs_it_was_grown_from(tmp_path):
+    """scripts/ship_classroom_model.py: a run started --init-from another carries that run's snapshots first,
+    its samples counted on from the parent's; the shipped curve is that of the committed runs."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ship_classroom_model import lineage_curve
+
+    def run(folder: Path, steps: list[int], samples: int, parent: Path | None) -> list[Path]:
+        recipe = {"preset": folder.name} | ({"init_from": str(parent)} if parent else {})
+        folder.mkdir()
+        (folder / "training_log.json").write_text(json.dumps({"recipe": recipe, "batch": 10,
+                                                               "samples_seen": samples}))
+        for s in steps:
+            (folder / "snapshots" / f"step_{s:06d}").mkdir(parents=True)
+            (folder / "snapshots" / f"step_{s:06d}" / "quality.json").write_text(json.dumps({"two": s}))
+        return sorted(folder.glob("snapshots/step_*/quality.json"))
+
+    run(tmp_path / "first", [5, 20], 200, None)
+    child = run(tmp_path / "second", [3, 7], 70, tmp_path / "first")
+    log = json.loads((tmp_path / "second" / "training_log.json").read_text())
+    curve = lineage_curve(child, log)
+    assert [(r["run"], r["step"], r["samples"], r["two"]) for r in curve] == [
+        ("first", 5, 50, 5), ("first", 20, 200, 20), ("second", 3, 230, 3), ("second", 7, 270, 7)]
+    shipped = json.loads((model.WEIGHTS / "quality_curve.json").read_text())
+    log = json.loads((model.WEIGHTS / "training_log.json").read_text())
+    committed = Path(__file__).resolve().parents[1] / "checkpoints" / "classroom_v3_text"
+    assert log["recipe"]["init_from"] == "checkpoints/classroom_v3"  # the shipped model is v3-text
+    assert lineage_curve(sorted(committed.glob("snapshots/step_*/quality.json")), log) == shipped
+    parent = json.loads((committed.parent / "classroom_v3" / "training_log.json").read_text())
+    assert shipped[-1]["samples"] == parent["samples_seen"] + log["samples_seen"]

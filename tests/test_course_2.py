@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import diffviz
+from diffviz import heatmap
 from diffviz.course import lesson2
 
 from .conftest import generate
@@ -64,3 +66,20 @@ def test_predictions_are_compared_after_a_right_answer(trace, capsys):
     assert "was close" in capsys.readouterr().out
     assert lesson2.check_peak_step(peak, trace, "red")
     assert "No prediction" in capsys.readouterr().out
+
+
+def test_the_printed_solutions_pass_their_checks(trace, capsys):
+    word = "circle"
+    checks = {"top_word": lambda answer: lesson2.check_top_word(answer, trace),
+              "peak_step": lambda answer: lesson2.check_peak_step(answer, trace, word),
+              "padding_share": lambda answer: lesson2.check_padding_share(answer, trace)}
+    given = {"trace": trace, "heatmap": heatmap, "torch": torch, "WORD": word}
+    assert sorted(lesson2.solution) == sorted(checks)  # one worked answer per exercise
+    for name, check in checks.items():
+        lesson2.solution(name)
+        names = dict(given)  # the notebook's names at each exercise
+        exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
+        assert check(names["answer"]), name
+        assert "✓ Right" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson2.solution("top")

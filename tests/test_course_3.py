@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from diffviz.course import lesson3
 
@@ -14,8 +15,6 @@ from .conftest import training_picture
 @pytest.fixture(scope="module")
 def trace(traced6):
     return traced6
-
-
 
 
 def test_check_guided_compares_the_predicted_ratio(trace, capsys):
@@ -66,3 +65,25 @@ def test_clipped_fraction():
     some[:6] = 0
     assert lesson3.clipped_fraction(grey) == 0
     assert lesson3.clipped_fraction(some) == pytest.approx(6 / 8)
+
+
+def test_the_printed_solutions_pass_their_checks(trace, capsys):
+    red, blue, green = (training_picture(f"a large {c} circle") for c in ("red", "blue", "green"))
+    real_z = 0.8 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    negatives = {None: [red, red], "red": [red, blue], "a red circle": [blue, green],
+                 "a large red circle": [red, blue]}
+    given = {"trace": trace, "lesson3": lesson3, "sweep": {20: trace}, "EARLY": 1, "real_z": real_z,
+             "negatives": negatives, "NEGATIVES": ["red", "a red circle", "a large red circle"]}
+    checks = {"guided": lambda answer: lesson3.check_guided(answer, trace, step=5),
+              "overshoot": lambda answer: lesson3.check_overshoot(answer, trace, 1, float(real_z.std())),
+              "fewest_red": lambda answer: lesson3.check_fewest_red(
+                  answer, {neg: ims for neg, ims in negatives.items() if neg})}
+    assert sorted(lesson3.solution) == sorted(checks)  # one worked answer per exercise
+    for name, check in checks.items():
+        lesson3.solution(name)
+        names = dict(given)  # the notebook's names at each exercise
+        exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
+        assert check(names["answer"]), name
+        assert "✓ Right" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson3.solution("guidance")

@@ -3,10 +3,15 @@ pictures drawn by the classroom data generator."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from diffviz.course import lesson4
+
+from .conftest import PROMPT, training_picture
 
 
 def test_colour_shares_count_the_judged_colours():
@@ -34,3 +39,23 @@ def test_check_red_share(capsys):
     assert not lesson4.check_red_share(75, pics, "square")  # a percentage, not a share
     assert not lesson4.check_red_share(0.25, pics, "square")
     assert not lesson4.check_red_share(None, pics, "square")
+
+
+def test_the_printed_solutions_pass_their_checks(capsys):
+    a = SimpleNamespace(image=torch.from_numpy(training_picture(PROMPT)))  # a trace's image is a tensor
+    b = SimpleNamespace(image=torch.from_numpy(training_picture("a yellow circle left of a blue square")))
+    same_prompt = [a.image.numpy(), training_picture(PROMPT, 1)]  # seeds 0 and 1 of PROMPT
+    squares = lesson4.training_pictures("a red square", 3) + lesson4.training_pictures("a green square", 5)
+    given = {"lesson4": lesson4, "a": a, "b": b, "same_prompt": same_prompt, "SEED": 0, "squares": squares}
+    checks = {"seed_vs_word": lambda answer: lesson4.check_seed_vs_word(answer, a.image, b.image,
+                                                                        same_prompt[1]),
+              "red_share": lambda answer: lesson4.check_red_share(answer, squares, "square")}
+    assert sorted(lesson4.solution) == sorted(checks)  # one worked answer per exercise
+    for name, check in checks.items():
+        lesson4.solution(name)
+        names = dict(given)  # the notebook's names at each exercise
+        exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
+        assert check(names["answer"]), name
+        assert "✓ Right" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson4.solution("seed")

@@ -8,13 +8,22 @@ import pytest
 import torch
 
 import diffviz
-from diffviz.attribution import attribute, region_attention
+from diffviz.attribution import attribute, region_attention, spearman
 from diffviz.classroom import data
 from diffviz.course import lesson5, lesson7, lesson8, lesson9
 
 from .conftest import PROMPT, generate
 
 LEFT = (0, 0, 32, 64)  # the left half of the tiny pipeline's 64x64 images
+
+
+def printed_answer(solution, name: str, capsys, result: str = "answer", **names):
+    """Run a lesson's solution ``name`` as it prints, on the names the notebook has there; -> the value it
+    gives ``result``."""
+    capsys.readouterr()
+    solution(name)
+    exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
+    return names[result]
 
 
 # ---- lesson 5 -------------------------------------------------------------------------------------
@@ -50,6 +59,22 @@ def test_lesson5_better_predictor(attributed, traced):
     assert not lesson5.check_better_predictor("attention", att, scores, scores + 1)
     assert not lesson5.check_better_predictor("both", att, scores, att)
     assert not lesson5.check_better_predictor(None, att, scores, att)
+
+
+def test_lesson5_printed_solutions_pass_their_checks(attributed, traced, capsys):
+    _, tr = traced
+    a, att = attributed, region_attention(tr, LEFT)
+    names = {"tr": tr, "region": LEFT, "a": a, "att": att, "region_attention": region_attention,
+             "spearman": spearman}
+    assert sorted(lesson5.solution) == ["better_predictor", "shares_sum", "top_attention"]
+    assert lesson5.check_top_attention(printed_answer(lesson5.solution, "top_attention", capsys, **names),
+                                       tr, LEFT)
+    assert lesson5.check_shares_sum(printed_answer(lesson5.solution, "shares_sum", capsys, **names), a)
+    for effect in (att * 2, a.word_scores + 1):  # ranked like attention, then like attribution
+        answer = printed_answer(lesson5.solution, "better_predictor", capsys, **names, suppressed=effect)
+        assert lesson5.check_better_predictor(answer, att, a.word_scores, effect)
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson5.solution("attention")
 
 
 # ---- lesson 7 -------------------------------------------------------------------------------------
@@ -169,6 +194,23 @@ def test_lesson8_profiles_and_checks(head_traces):
     assert lesson8.check_top_kind_count(n_colour, kinds, shares, "colour", prediction=n_colour)
     assert not lesson8.check_top_kind_count(n_colour + 1, kinds, shares, "colour")
     assert not lesson8.check_top_kind_count(None, kinds, shares, "colour")
+
+
+def test_lesson8_printed_solutions_pass_their_checks(head_traces, capsys):
+    heads, kinds, shares = lesson8.head_profiles(head_traces, KINDS)
+    names = {"heads": heads, "kinds": kinds, "shares": shares}
+    assert sorted(lesson8.solution) == ["largest_effect", "top_head", "top_kind_count"]
+    assert lesson8.check_top_kind_count(printed_answer(lesson8.solution, "top_kind_count", capsys, **names),
+                                        kinds, shares, "colour")
+    assert lesson8.check_top_head(printed_answer(lesson8.solution, "top_head", capsys, **names),
+                                  heads, kinds, shares, "colour")
+    # one clearly larger, then the other, then neither 1.5 times the other
+    for effects, right in [({"coarse": 0.30, "fine": 0.12}, "coarse"), ({"coarse": 0.1, "fine": 0.2}, "fine"),
+                           ({"coarse": 0.303, "fine": 0.297}, "same")]:
+        answer = printed_answer(lesson8.solution, "largest_effect", capsys, effects=effects)
+        assert answer == right and lesson8.check_largest_effect(answer, effects, clear=1.5)
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson8.solution("colour")
 
 
 def test_lesson8_needs_every_head(traced):

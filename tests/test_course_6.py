@@ -9,6 +9,8 @@ import pytest
 from diffviz.classroom import data
 from diffviz.course import lesson6
 
+from .test_course_5_9 import printed_answer
+
 
 def _scene(prompt: str, seed: int = 0) -> np.ndarray:
     """A training picture of ``prompt`` drawn by the data generator: its content is known."""
@@ -58,3 +60,24 @@ def test_check_change():
     assert lesson6.check_change(right, original, edited, mask, prediction=right)
     assert not lesson6.check_change(0.0, original, edited, mask)  # the outside's change, not the inside's
     assert not lesson6.check_change(None, original, edited, mask)
+
+
+def test_the_printed_solutions_pass_their_checks(capsys):
+    two, one = "a red triangle left of a blue triangle", "a red circle left of a green triangle"
+    triangles = [_scene(two), _scene(one), _scene(two, 1)]  # 2, 1 and 2 triangles
+    answer = printed_answer(lesson6.solution, "count", capsys, np=np, lesson6=lesson6, ex1_images=triangles)
+    assert answer == 2 and lesson6.check_count(answer, triangles, "triangle")  # the median
+    left, right = _scene("a red square left of a blue circle"), _scene("a blue circle left of a red square")
+    images, boxes = [left, right], [lesson6.far_half(left, "square")] * 2
+    answer = printed_answer(lesson6.solution, "landed", capsys, lesson6=lesson6, ex2_images=images,
+                            ex2_boxes=boxes)
+    assert answer == 1 and lesson6.check_landed(answer, images, boxes, "square")
+    image = _scene("a red circle left of a blue square")
+    inpainted, mask = image.copy(), np.zeros((32, 32), bool)
+    inpainted[:, 16:] = 255 - inpainted[:, 16:]
+    mask[:, 16:] = True
+    answer = printed_answer(lesson6.solution, "change", capsys, np=np, lesson6=lesson6, image=image,
+                            inpainted=inpainted, MASK=mask)
+    assert answer > 0.1 and lesson6.check_change(answer, image, inpainted, mask)
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson6.solution("median")

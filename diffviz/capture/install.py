@@ -1,7 +1,7 @@
 """Context managers that put diffviz into a pipeline and always take it out again.
 
-Only the processors of the prompt-reading attention layers are replaced (through the denoiser's
-``set_attn_processor``; the family adapter says which layers and which processor); the step recorder
+Only the processors of the prompt-reading attention layers are replaced (each layer's ``set_processor``;
+the family adapter says which layers and which processor); the step recorder
 uses module hooks (text encoders, denoiser, VAE decoder) and wraps ``scheduler.step`` (and a video
 VAE's ``decode``) on the instance. On exit, normal or by an exception, the saved processors are set back,
 every hook handle is removed and the instance attributes are deleted: the pipeline is as it was, object for
@@ -47,21 +47,21 @@ def processors(pipe, *, sink: Sink | None = None, edit: Edit | None = None, laye
                            "edit is running on it): diffviz traces one generation at a time. Use the trace "
                            "you have, or trace after that block ends.")
     editing = set(names if edit_layers is None else edit_layers)
-    replaced = {}
+    replaced = {}  # module path -> diffviz's processor; every other layer is left untouched
     for key, proc in saved.items():
         name = key.removesuffix(".processor")
         if name in names:
-            replaced[key] = family.processor(name, proc, sink, edit if name in editing else None)
+            replaced[name] = family.processor(name, proc, sink, edit if name in editing else None)
         elif name in self_layers:  # only the image's self-attention (a joint layer tells the two apart)
             own = sink if family.joint or sink is None else SelfAttention(sink)
-            replaced[key] = family.processor(name, proc, own, None)
-        else:
-            replaced[key] = proc
-    try:
-        denoiser.set_attn_processor(replaced)
+            replaced[name] = family.processor(name, proc, own, None)
+    try:  # set on the modules themselves: set_attn_processor walks the whole model twice per call
+        for name, proc in replaced.items():
+            denoiser.get_submodule(name).set_processor(proc)
         yield names
     finally:
-        denoiser.set_attn_processor(saved)
+        for name in replaced:
+            denoiser.get_submodule(name).set_processor(saved[f"{name}.processor"])
 
 
 @contextmanager

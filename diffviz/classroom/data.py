@@ -256,6 +256,28 @@ def random_scene(rng: np.random.Generator, exclude: frozenset[str] = frozenset()
         return Scene(objects, relation, image, masks, centres)
 
 
+OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def mirrored(scene: Scene) -> Scene:
+    """The two-object ``scene`` mirrored on its relation's axis, its caption naming the opposite relation.
+
+    The objects keep their caption order, shapes and sizes and are re-drawn upright (triangles still point
+    up), so the pair differs in one word and in which object stands where: "a red circle left of a blue
+    square" and "a red circle right of a blue square".
+    """
+    if scene.relation is None:
+        raise ValueError("a single-object scene has no relation to mirror")
+    size = scene.image.shape[0]
+    sides = [object_side(o.size, size) for o in scene.objects]
+    horizontal = scene.relation in ("left of", "right of")
+    boxes = [(round(size - x - s / 2), round(y - s / 2)) if horizontal
+             else (round(x - s / 2), round(size - y - s / 2)) for (x, y), s in zip(scene.centres, sides)]
+    image, masks = render(scene.objects, boxes, size)
+    centres = [(x + s / 2, y + s / 2) for (x, y), s in zip(boxes, sides)]
+    return Scene(scene.objects, OPPOSITE_RELATION[scene.relation], image, masks, centres)
+
+
 def scenes(seed: int, n: int, exclude: frozenset[str] = frozenset(),
            image_size: int = IMAGE_SIZE) -> list[Scene]:
     """``n`` scenes, a pure function of ``seed``."""

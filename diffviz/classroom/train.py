@@ -94,7 +94,8 @@ def train_vae(vae, args, device) -> None:
 @torch.no_grad()
 def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
     """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]`` and object counts ``[n]`` of
-    ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar."""
+    ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar. With ``args.mirror`` each two-object scene
+    is followed by its ``data.mirrored`` twin, and ``partner [n]`` holds each scene's twin (-1: none)."""
     tok = model.tokenizer()
     # the same scenes, in the same order, as data.scenes(args.seed, ...)
     rng = np.random.default_rng(args.seed)
@@ -103,15 +104,22 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
                       disable=not progress):
         chunk = [data.random_scene(rng, exclude, args.image_size)
                  for _ in range(min(512, args.n_scenes - start))]
+        if args.mirror:
+            chunk = [twin for s in chunk for twin in ([s, data.mirrored(s)] if s.relation else [s])]
         latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
         objects.append(torch.tensor([len(s.objects) for s in chunk], dtype=torch.int8))
-    latents = torch.cat(latents).contiguous()
+    latents, objects = torch.cat(latents).contiguous(), torch.cat(objects)
     empty = tok([""], padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids
-    return {"latents": latents, "ids": torch.cat(ids), "objects": torch.cat(objects),
-            "empty_ids": empty.to(torch.int32),
-            "scaling_factor": torch.tensor([1.0 / latents.std().item()])}
+    out = {"latents": latents, "ids": torch.cat(ids), "objects": objects, "empty_ids": empty.to(torch.int32),
+           "scaling_factor": torch.tensor([1.0 / latents.std().item()])}
+    if args.mirror:  # a two-object scene and its twin stand next to each other
+        partner = torch.full((len(objects),), -1, dtype=torch.int64)
+        starts = torch.nonzero(objects == 2).view(-1)[::2]
+        partner[starts], partner[starts + 1] = starts + 1, starts
+        out["partner"] = partner
+    return out
 
 
 # ---------------------------------------------------------------- stage 2: UNet + text encoder
@@ -131,7 +139,7 @@ class Trainer:
     better than one W-thread process.
     """
 
-    def __init__(self, args, comps, device, latents, ids, objects, empty_ids):
+    def __init__(self, args, comps, device, latents, ids, objects, empty_ids, partner=None):
         self.args, self.comps, self.device = args, comps, device
         self.unet, self.text = comps["unet"].to(device), comps["text_encoder"].to(device)
         if args.channels_last:
@@ -156,6 +164,7 @@ class Trainer:
         share = float(two.float().mean()) if args.two_share is None else args.two_share
         n_two, n_one = max(int(two.sum()), 1), max(int((~two).sum()), 1)
         self.weights = torch.where(two, share / n_two, (1 - share) / n_one)  # [n] sampling weight of a scene
+        self.partner = None if partner is None else partner.to(device)  # [n] a scene's mirrored twin, or -1
         self.gen = torch.Generator(device)
         self.bf16 = args.precision == "bf16"
         self.denoise = torch.compile(self.unet) if args.compile else self.unet
@@ -165,17 +174,26 @@ class Trainer:
         device."""
         a, b = self.args, self.local_batch
         self.gen.manual_seed((a.seed * 1_000_003 + self.step) * self.world + self.rank)
-        idx = torch.multinomial(self.weights, b, replacement=True, generator=self.gen)
+        paired = self.partner is not None  # the second half: the first half's twins, same noise and step
+        n = b // 2 if paired else b
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+        if paired:
+            other = torch.multinomial(self.weights, b - n, replacement=True, generator=self.gen)
+            twin = self.partner[idx[: b - n]]
+            idx = torch.cat([idx, torch.where(twin >= 0, twin, other)])
         drop = torch.rand(b, generator=self.gen, device=self.device) < CAPTION_DROPOUT
         tokens = torch.where(drop[:, None], self.empty_ids[None], self.ids[idx])
         x0 = self.latents[idx]
-        noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
+        noise = torch.randn((n, *x0.shape[1:]), generator=self.gen, device=self.device)
+        noise = torch.cat([noise, noise[: b - n]]) if paired else noise
         n_t = len(self.alphas_cumprod)
         if a.timesteps == "logit-normal":  # most steps in the middle of the schedule, as SD3 trains
             u = torch.randn(b, generator=self.gen, device=self.device)
             t = (torch.sigmoid(u) * n_t).long().clamp(max=n_t - 1)
         else:
             t = torch.randint(0, n_t, (b,), generator=self.gen, device=self.device)
+        if paired:
+            t = torch.cat([t[:n], t[: b - n]])
         return x0, tokens, noise, t
 
     def lr_at(self, progress: float) -> float:
@@ -372,6 +390,13 @@ PRESETS = {
                     lr=5e-4, warmup=200, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
                     text_layers=1, channels=None, two_share=0.8, threads=1, max_minutes=65.0,
                     ship_every=30.0, save_every=5.0, seed=1, init_from=Path("checkpoints/classroom_v3")),
+    # v3-text with relation pairs: each two-object scene beside its mirror image captioned with the opposite
+    # relation, same noise and timestep, so the one word that differs must move the objects; 60 minutes
+    "v3-mirror": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=120_000, batch=64,
+                      lr=3e-4, warmup=200, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
+                      text_layers=1, channels=None, two_share=0.7, mirror=True, threads=1, max_minutes=60.0,
+                      ship_every=20.0, save_every=5.0, seed=2,
+                      init_from=Path("checkpoints/classroom_v3_text")),
     # a student's own run (lesson 10): v3's schedule on 16,000 scenes, single objects only, for 8.5 minutes of
     # UNet training on a laptop's CPU (25% two-object scenes and 7 minutes drew 65% of single objects right)
     "student": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=16_000, batch=64,
@@ -417,6 +442,9 @@ def parse_args(argv=None):
     p.add_argument("--n-scenes", type=int, default=100_000)
     p.add_argument("--two-share", type=float, default=None,
                    help="share of two-object scenes in a batch (default: the data's, 0.6)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=False,
+                   help="pair each two-object scene with its mirror image captioned with the opposite "
+                        "relation (same noise and timestep), half of every batch")
     p.add_argument("--text-layers", type=int, default=0,
                    help="causal self-attention layers in the text encoder")
     p.add_argument("--channels", type=lambda v: tuple(int(c) for c in v.split(",")), default=None,
@@ -506,7 +534,7 @@ def main(argv=None) -> Path:
     vae.register_to_config(scaling_factor=float(pre["scaling_factor"]))
 
     trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["objects"],
-                      pre["empty_ids"][0])
+                      pre["empty_ids"][0], pre.get("partner"))
     budget = 60 * args.max_minutes if args.max_minutes is not None else math.inf
     if trainer.load(ckpt):
         print(f"unet: resumed at step {trainer.step}", flush=True)
@@ -564,6 +592,7 @@ def main(argv=None) -> Path:
     if not trainer.in_sync():
         raise RuntimeError("the training processes hold different weights; report this as a bug")
     if dist.is_initialized():
+        dist.barrier()  # every process is done with gloo before any tears its connections down
         dist.destroy_process_group()
     if lead:
         print(f"done at step {trainer.step}; {trainer.elapsed / 60:.1f} min of UNet training", flush=True)

@@ -12,7 +12,8 @@ The rules every lesson follows, as functions:
 Every exercise check returns True or False and prints a verdict a student can act on; a check whose
 exercise asks for a prediction first takes it as ``prediction`` and compares it once the answer is right
 (``predicted``). An unanswered exercise (``None``) prints a hint and returns False without raising, so
-a notebook runs top to bottom before the student has answered anything.
+a notebook runs top to bottom before the student has answered anything. A lesson's worked answers are in
+its ``solution`` (a ``Solutions``): ``lesson2.solution("top_word")`` prints one, for a student who asks.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def judged(prompt: str, image, *, what: str = "the example") -> dict | None:
                                "right.")
     print(f"✓ {what} is drawn right (judge): {drawn}")
     return verdict
+
+
+class Solutions(dict):
+    """A lesson's worked answers, exercise name -> code a student runs in the notebook; calling it with a
+    name prints that answer (read it after trying): ``lesson1.solution("ddim_step")``."""
+
+    def __call__(self, exercise: str) -> None:
+        if exercise not in self:
+            raise ValueError(f"no solution named {exercise!r}; there is {sorted(self)}")
+        print(self[exercise])
 
 
 class CheckCannotFail(AssertionError):

@@ -15,7 +15,7 @@ import torch
 
 from ..traces import Trace
 from ..viz._draw import png_uri
-from . import predicted, tensor_answer, verdict
+from . import Solutions, predicted, tensor_answer, verdict
 
 
 def pipeline_diagram(trace: Trace, text_states: Sequence[int]) -> go.Figure:
@@ -211,15 +211,8 @@ def check_ddim_step(answer, trace: Trace, step: int, prediction: float | None = 
     return True
 
 
-SOLUTIONS = {"ddim_step": """\
+solution = Solutions(ddim_step="""\
 x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()        # the guess of the clean latent at t_i
 x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps  # re-noised to the previous timestep (eta = 0)
-answer = (x0, x_prev)"""}
+answer = (x0, x_prev)""")
 
-
-def solution(exercise: str) -> None:
-    """Print a solution of this lesson's exercise ``exercise`` (``"ddim_step"``, exercise 4): read it after
-    trying."""
-    if exercise not in SOLUTIONS:
-        raise ValueError(f"no solution named {exercise!r}; there is {sorted(SOLUTIONS)}")
-    print(SOLUTIONS[exercise])

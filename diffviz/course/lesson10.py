@@ -19,10 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import tensor_answer, verdict
+from . import Solutions, tensor_answer, verdict
 from .lesson4 import distance  # RMS pixel difference in [0, 1]
 
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 CROSSWISE = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
 EDITS = ("colour", "shape", "axis", "binding", "order")
 REVERSED_ANSWERS = ("not at all", "a lot")
@@ -131,7 +130,7 @@ def edit_caption(scene, edit: str) -> str:
     elif edit == "axis":
         relation = CROSSWISE[relation]
     elif edit == "order":
-        relation = OPPOSITE[relation]
+        relation = data.OPPOSITE_RELATION[relation]
     else:
         raise ValueError(f"edit {edit!r} is not one of {EDITS}")
     return data.caption_of([a, b], relation)
@@ -297,7 +296,7 @@ def check_loss(answer, x_t, trainer, batch) -> bool:
     return verdict(answer, (ok_weighted or ok_plain) and xt_ok, right, hint)
 
 
-SOLUTIONS = {"loss": """\
+solution = Solutions(loss="""\
 a = alpha_bar[t].view(-1, 1, 1, 1)           # each sample's alpha_bar, broadcast over [C, h, w]
 x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
 eps_hat = predict(x_t)
@@ -305,14 +304,7 @@ answer = (eps_hat - noise).pow(2).mean()     # the plain loss: every sample weig
 # or, as the trainer does, with min-SNR-5 weights per sample:
 snr = a.view(-1) / (1 - a.view(-1))
 answer = (snr.clamp(max=5) / snr * (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-"""}
-
-
-def solution(exercise: str) -> None:
-    """Print a solution of this lesson's exercise ``exercise`` (``"loss"``): read it after trying."""
-    if exercise not in SOLUTIONS:
-        raise ValueError(f"no solution named {exercise!r}; there is {sorted(SOLUTIONS)}")
-    print(SOLUTIONS[exercise])
+""")
 
 
 # ---- textual inversion: a new word ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Lesson 2, what each word does: reference answers and exercise checks.
 
-A ``prediction`` (written before measuring) is compared once the answer is right.
+A ``prediction`` (written before measuring) is compared once the answer is right. ``solution(name)``
+prints a worked answer ("top_word", "peak_step", "padding_share"), for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 
 from .. import heatmap
 from ..traces import Trace
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 
 
 def top_word(trace: Trace) -> str:
@@ -83,3 +84,17 @@ def check_peak_step(answer, trace: Trace, word: str, prediction: int | None = No
     close = prediction is not None and abs(int(prediction) - right) <= 2
     predicted(prediction, close, f"{word!r} peaks at step {right} of {trace.num_steps}")
     return True
+
+
+solution = Solutions(
+    top_word="""\
+total = heatmap.word_mass(trace).sum(0)  # [word]: each word's attention, summed over the steps
+answer = trace.words[int(total.argmax())]""",
+    peak_step="""\
+mass = heatmap.word_mass(trace)[:, trace.word_indices(WORD)].sum(1)  # [step]: WORD, all its occurrences
+answer = int(mass.argmax())""",
+    padding_share="""\
+pad = [i for i, t in enumerate(trace.tokens) if t.word is None and t.position != 0]  # end and padding
+per_layer = [a[:, :, pad].float().sum(2).mean() for a in trace.attn.values()]  # [step, head, token, h, w]
+answer = float(torch.stack(per_layer).mean())  # each layer counts once""",
+)

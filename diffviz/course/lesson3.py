@@ -1,6 +1,7 @@
 """Lesson 3, guidance: reference answers and exercise checks.
 
-A ``prediction`` (written before measuring) is compared once the answer is right.
+A ``prediction`` (written before measuring) is compared once the answer is right. ``solution(name)``
+prints a worked answer ("guided", "overshoot", "fewest_red"), for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ..traces import Trace, guide
-from . import predicted, tensor_answer, verdict
+from . import Solutions, predicted, tensor_answer, verdict
 
 
 def guided(trace: Trace, step: int) -> torch.Tensor:
@@ -102,3 +103,15 @@ def check_fewest_red(answer, pictures: Mapping[str, Sequence], prediction: str |
     predicted(prediction, close, "red pictures per negative prompt: "
                                  + ", ".join(f"{neg!r} {n}" for neg, n in counts.items()))
     return True
+
+
+solution = Solutions(
+    guided="""\
+uncond, cond = trace.noise_uncond[5].float(), trace.noise_cond[5].float()  # [C, h, w] each, at step 5
+answer = uncond + trace.guidance_scale * (cond - uncond)""",
+    overshoot="""\
+answer = float(sweep[20].x0[EARLY].float().std()) / float(real_z.std())  # the scale-20 run""",
+    fewest_red="""\
+red_pictures = {neg: lesson3.red_count(negatives[neg]) for neg in NEGATIVES}  # None (no negative) left out
+answer = min(red_pictures, key=red_pictures.get)""",
+)

@@ -1,4 +1,7 @@
-"""Lesson 4, comparing prompts and seeds: distances, colour counts, reference answers and exercise checks."""
+"""Lesson 4, comparing prompts and seeds: distances, colour counts, reference answers and exercise checks.
+
+``solution(name)`` prints a worked answer ("seed_vs_word", "red_share"), for whoever asks for it on purpose.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from itertools import combinations
 
 import numpy as np
 
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 from .lesson7 import colourless_share  # the data's colours for a colourless caption, per shape
 
 
@@ -100,3 +103,12 @@ def training_pictures(caption: str, n: int, seed: int = 0) -> list[np.ndarray]:
                             size_named=o["size"] is not None))
         out.append(make_scene(objs, relation, rng).image)
     return out
+
+
+solution = Solutions(
+    seed_vs_word="""\
+# A against the next seed's picture of the same prompt, over A against B (one word changed)
+answer = lesson4.distance(a.image, same_prompt[SEED + 1]) / lesson4.distance(a.image, b.image)""",
+    red_share="""\
+answer = lesson4.colour_shares(squares)["red"]  # a share 0..1 of the pictures""",
+)

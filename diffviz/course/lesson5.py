@@ -2,7 +2,8 @@
 intervention, and the exercise checks.
 
 Each check recomputes the right answer from the student's own trace, attribution and measurements,
-so it holds for any model, trained or not.
+so it holds for any model, trained or not. ``solution("top_attention")`` (or ``"shares_sum"``,
+``"better_predictor"``) prints a worked answer, for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from ..attribution import Attribution, Region, region_attention, region_mask, spearman
 from ..capture.families import family_of
 from ..traces import Trace
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 
 
 def context_shares(trace: Trace) -> dict[str, float]:
@@ -81,7 +82,8 @@ def check_shares_sum(answer: float | None, attribution: Attribution, prediction=
     ok = (answer is not None and math.isfinite(right)
           and abs(float(answer) - right) <= 0.01 + 0.01 * abs(right))
     done = verdict(answer, ok, f"the word scores add up to {right:.1%} of the total change.",
-                   "divide attribution.word_scores.sum() by attribution.total (a share: 1.0, not 100).")
+                   "add up the words' scores and give the sum as a share of attribution.total "
+                   "(a ratio: 0.5 for half, not 50).")
     if done:
         close = prediction is not None and abs(float(prediction) - right) <= 0.1
         predicted(prediction, close, f"the shares add up to {right:.2f}, 1 up to captum's error "
@@ -108,5 +110,16 @@ def check_better_predictor(answer: str | None, attention: torch.Tensor, attribut
     return done
 
 
+solution = Solutions(
+    top_attention="""\
+att = region_attention(tr, region)  # [word], in the order of tr.words
+answer = tr.words[int(att.argmax())]""",
+    shares_sum="""\
+answer = float(a.word_scores.sum()) / a.total  # completeness: about 1, up to captum's delta""",
+    better_predictor="""\
+r_att, r_attr = spearman(att, suppressed), spearman(a.word_scores, suppressed)  # rank correlations
+answer = "attention" if r_att > r_attr else "attribution"  # the predictor that ranks more like the effect""",
+)
+
 __all__ = ["check_better_predictor", "check_shares_sum", "check_top_attention", "context_shares", "padded",
-           "region_change"]
+           "region_change", "solution"]

@@ -2,6 +2,8 @@
 
 The checks recompute the right answer from the student's own images (with the classroom judge where
 they count objects), so they hold for whatever the model drew; none asserts what a picture should show.
+``solution("count")`` (or ``"landed"``, ``"change"``) prints a worked answer, for whoever asks for it on
+purpose.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
 
@@ -97,12 +99,24 @@ def check_change(answer: float | None, original, edited, region: np.ndarray,
     ok = answer is not None and abs(float(answer) - right) <= 0.05 * right + 2e-3
     if not verdict(answer, ok, f"in the region the image changed by {right:.3f} on average "
                                f"(elsewhere: {elsewhere:.3f}).",
-                   "np.abs(lesson6.rgb(edited) - lesson6.rgb(original)).mean(-1) is the per-pixel change "
-                   "[H, W]; average it where the region is True."):
+                   "lesson6.rgb gives colours in [0, 1]: a pixel's change is the absolute difference, "
+                   "averaged over its 3 channels; average that over the pixels where the region is True."):
         return False
     predicted(prediction, prediction is not None and abs(float(prediction) - right) <= max(0.3 * right, 0.01),
               f"{right:.3f} in the region against {elsewhere:.3f} elsewhere")
     return True
 
 
-__all__ = ["Box", "check_change", "check_count", "check_landed", "count", "far_half", "lands_in", "rgb"]
+solution = Solutions(
+    count="""\
+counts = [lesson6.count(im, "triangle") for im in ex1_images]  # the judge's triangles, one count per seed
+answer = int(np.median(counts))""",
+    landed="""\
+answer = sum(lesson6.lands_in(im, box, "square") for im, box in zip(ex2_images, ex2_boxes))""",
+    change="""\
+diff = np.abs(lesson6.rgb(inpainted) - lesson6.rgb(image)).mean(-1)  # [H, W]: each pixel's change
+answer = float(diff[MASK].mean())  # averaged over the repainted half""",
+)
+
+__all__ = ["Box", "check_change", "check_count", "check_landed", "count", "far_half", "lands_in", "rgb",
+           "solution"]

@@ -1,7 +1,9 @@
 """Lesson 7, the limits measured (notebooks/07_limits.ipynb): helpers and exercise checks.
 
 The helpers compute what the lesson compares against from the classroom's own definitions (its data,
-its shipped learning curve, tensor shapes), so the lesson never states a number it did not compute.
+its shipped learning curve, tensor shapes), so the lesson never states a number it did not compute. Its
+exercises are predictions; ``solution("rare_colours")`` (or ``"memory_growth"``, ``"generalisation_gap"``)
+prints a worked answer, the reasoning and the measurement read, for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import verdict
+from . import Solutions, verdict
 
 
 # ---- binding and relations ---------------------------------------------------------------------------
@@ -40,16 +42,20 @@ def two_object_outcome(prompt: str, image) -> str:
 
 
 def quality_curve(path=None) -> list[dict]:
-    """The shipped model's learning curve: one dict per training snapshot, ``step``, ``samples`` seen and
-    the judge's rates on held-out prompts (``single``: single-object right; ``two``: two-object right;
+    """The shipped model's learning curve: one dict per training snapshot, the ``run`` (preset) that took it,
+    its ``step`` in that run, ``samples`` seen and the judge's rates on held-out prompts (``single``:
+    single-object right; ``two``: two-object right;
     ``both_objects``: both objects drawn; ``relation``: both drawn and the relation right), from
-    ``weights/quality_curve.json`` and the batch size in ``weights/training_log.json``."""
+    ``weights/quality_curve.json``. A model grown from an earlier run carries that run's snapshots first, with
+    the samples counted from the first run's start; rows without ``samples`` count ``step`` times the batch
+    in ``weights/training_log.json``."""
     from ..classroom.model import WEIGHTS
 
     folder = WEIGHTS if path is None else path
     batch = json.loads((folder / "training_log.json").read_text())["batch"]
     rows = json.loads((folder / "quality_curve.json").read_text())
-    return [{"step": r["step"], "samples": r["step"] * batch, "single": r["single"]["correct"],
+    return [{"run": r.get("run", ""), "step": r["step"], "samples": r.get("samples", r["step"] * batch),
+             "single": r["single"]["correct"],
              "two": r["two"]["correct"], "both_objects": r["two"]["objects_ok"],
              "relation": r["two"]["relation_ok"]}
             for r in rows]
@@ -159,6 +165,22 @@ def check_rare_colours(prediction: str | None, colours: Sequence[str], rare: Seq
                    f"the {len(colours)} objects drawn, {data_share:.0%} of the data.", hint)
 
 
+solution = Solutions(
+    rare_colours="""\
+# Guidance pushes each picture towards what is most typical of its caption (lesson 4): the common colour.
+colours = [c for cs in drawn.values() for c in cs]  # every object's colour
+share = sum(c in RARE for c in colours) / len(colours)  # the rare colours' share, against rare_data
+my_rare = ("more" if share >= 1.5 * rare_data else "much less" if share < rare_data / 2
+           else "about as often")""",
+    memory_growth="""\
+cells = {size: (size // 8) ** 2 for size in (512, 1024)}  # latent cells: the VAE makes each side 8x smaller
+my_growth = (cells[1024] / cells[512]) ** 2  # a score per pair of cells: the cells' growth squared""",
+    generalisation_gap="""\
+# Each colour and each shape was drawn many times, only not together: the rates say if that is enough.
+gap = lesson7.rate(seen) - lesson7.rate(held_out)  # seen pairs' success rate minus never-seen pairs'
+my_gap = "much less" if gap >= 0.3 else "about as often"  # the exercise's rule: a gap of 0.3 or more""",
+)
+
 __all__ = ["GAP_ANSWERS", "RARE_ANSWERS", "check_generalisation_gap", "check_memory_growth",
            "check_rare_colours", "colourless_share", "largest_allocation", "latent_cells", "learnt_at",
-           "quality_curve", "rate", "score_matrix_bytes", "two_object_outcome"]
+           "quality_curve", "rate", "score_matrix_bytes", "solution", "two_object_outcome"]

@@ -2,7 +2,8 @@
 
 A head's *job profile* is the share of its attention (over the prompt's words) that goes to each kind
 of word, averaged over steps, image positions and several traced prompts. The checks recompute the
-right answer from the student's own traces and measurements.
+right answer from the student's own traces and measurements. ``solution("top_kind_count")`` (or
+``"top_head"``, ``"largest_effect"``) prints a worked answer, for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..traces import Trace
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 
 Head = tuple[str, int]  # (layer name, head index)
 
@@ -75,8 +76,8 @@ def check_top_kind_count(answer: int | None, kinds: Sequence[str], shares: torch
     counts = ", ".join(f"{k} {int((top == i).sum())}" for i, k in enumerate(kinds))
     if not verdict(answer, answer is not None and int(answer) == right,
                    f"{right} of {len(top)} heads read {kind} words most (top kind per head: {counts}).",
-                   "shares.argmax(1) is each head's top kind (an index into kinds); "
-                   f"count the heads where it is kinds.index({kind!r})."):
+                   "a row of shares is a head, a column a kind of kinds: find each head's top kind, "
+                   f"then count the heads whose top kind is {kind!r}."):
         return False
     predicted(prediction, prediction is not None and abs(int(prediction) - right) <= max(2, 0.2 * right),
               f"{right} of {len(top)} heads")
@@ -93,9 +94,8 @@ def check_top_head(answer: Head | None, heads: Sequence[Head], kinds: Sequence[s
     layer, h = heads[int(col.argmax())]
     if not verdict(answer, ok, f"head {h} of {layer} gives {float(col.max()):.0%} of its attention "
                                f"to {kind} words (the median head: {float(col.median()):.0%}).",
-                   "answer a tuple (layer name, head index): the row of shares with the largest value "
-                   f"in the {kind!r} column "
-                   f"(shares[:, kinds.index({kind!r})].argmax() is its index in heads)."):
+                   "answer a tuple (layer name, head index) from heads: the head whose row of shares has "
+                   f"the largest value in the {kind!r} column (the rows are in the order of heads)."):
         return False
     where = {name.rsplit(".", 1)[-1] for name, _ in best}
     predicted(prediction, prediction in where,
@@ -130,5 +130,17 @@ def check_largest_effect(answer: str | None, effects: Mapping[str, float],
     return True
 
 
+solution = Solutions(
+    top_kind_count="""\
+top = shares.argmax(1)  # each head's top kind, an index into kinds
+answer = int((top == kinds.index("colour")).sum())""",
+    top_head="""\
+colour = shares[:, kinds.index("colour")]  # each head's share of attention on colour words
+answer = heads[int(colour.argmax())]  # (layer name, head index)""",
+    largest_effect="""\
+big, small = sorted(effects, key=effects.get, reverse=True)  # the larger effect first
+answer = big if effects[big] >= 1.5 * effects[small] else "same"  # the exercise's rule: 1.5 times""",
+)
+
 __all__ = ["Head", "check_largest_effect", "check_top_head", "check_top_kind_count", "drawn_right",
-           "head_profiles", "top_head"]
+           "head_profiles", "solution", "top_head"]
