@@ -48,6 +48,15 @@ def trace_failing_mid_generation(pipe, run) -> None:
     assert not denoiser._forward_pre_hooks and not denoiser._forward_hooks
 
 
+def printed_answer(solution, name: str, capsys, result: str | tuple[str, ...] = "answer", **names):
+    """Run a lesson's solution ``name`` as it prints, on the names the notebook has there; -> the value it
+    gives ``result`` (a tuple of names: their values)."""
+    capsys.readouterr()
+    solution(name)
+    exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
+    return tuple(names[r] for r in result) if isinstance(result, tuple) else names[result]
+
+
 def training_picture(prompt: str, seed: int = 0) -> np.ndarray:
     """[H, W, 3] uint8 training picture of a classroom ``prompt`` (unsized objects drawn large): made by
     the data generator, so its content is known and the judge finds it right."""

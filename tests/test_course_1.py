@@ -12,7 +12,7 @@ import torch
 import diffviz
 from diffviz.course import lesson1
 
-from .conftest import PROMPT, training_picture
+from .conftest import PROMPT, printed_answer, training_picture
 
 OTHER = "a blue circle left of a red square"
 
@@ -123,12 +123,9 @@ def test_check_ddim_step_accepts_the_step_the_sampler_took(classroom_trace, caps
 
 def test_the_printed_solution_passes_the_check(classroom_trace, capsys):
     tr, i = classroom_trace, 5
-    lesson1.solution("ddim_step")
-    code = capsys.readouterr().out
-    given = {"x_t": tr.latents[i], "eps": tr.noise_guided[i], "ab_t": tr.alpha_bar[i],
-             "ab_prev": tr.alpha_bar[i + 1]}
-    exec(code, given)  # noqa: S102 (the lesson's own printed solution, run on the notebook's given names)
-    assert lesson1.check_ddim_step(given["answer"], tr, i)
+    answer = printed_answer(lesson1.solution, "ddim_step", capsys, x_t=tr.latents[i], eps=tr.noise_guided[i],
+                            ab_t=tr.alpha_bar[i], ab_prev=tr.alpha_bar[i + 1])
+    assert lesson1.check_ddim_step(answer, tr, i)
     with pytest.raises(ValueError, match="no solution named"):
         lesson1.solution("x0")
 

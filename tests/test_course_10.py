@@ -10,7 +10,7 @@ import torch
 from diffviz.classroom import data, judge, load_pipeline
 from diffviz.course import lesson10
 
-from .conftest import generate
+from .conftest import generate, printed_answer
 
 PROMPT = "a red circle left of a blue square"
 
@@ -169,10 +169,8 @@ def test_check_loss_accepts_the_trainers_loss_and_names_a_wrong_ingredient(class
     assert not lesson10.check_loss(None, None, trainer, batch)
     assert "Not answered" in capsys.readouterr().out
     # the printed solution, run as a student would, passes the check
-    lesson10.solution("loss")
-    code = capsys.readouterr().out
-    exec(code, names)  # noqa: S102 -- the lesson's own solution text, run as a student runs it
-    assert lesson10.check_loss(names["answer"], names["x_t"], trainer, batch)
+    answer, x_t = printed_answer(lesson10.solution, "loss", capsys, ("answer", "x_t"), **names)
+    assert lesson10.check_loss(answer, x_t, trainer, batch)
     with pytest.raises(ValueError, match="no solution"):
         lesson10.solution("reversed")
 

@@ -11,7 +11,7 @@ import diffviz
 from diffviz import heatmap
 from diffviz.course import lesson2
 
-from .conftest import generate
+from .conftest import generate, printed_answer
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +75,8 @@ def test_the_printed_solutions_pass_their_checks(trace, capsys):
               "padding_share": lambda answer: lesson2.check_padding_share(answer, trace)}
     given = {"trace": trace, "heatmap": heatmap, "torch": torch, "WORD": word}
     assert sorted(lesson2.solution) == sorted(checks)  # one worked answer per exercise
-    for name, check in checks.items():
-        lesson2.solution(name)
-        names = dict(given)  # the notebook's names at each exercise
-        exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
-        assert check(names["answer"]), name
+    for name, check in checks.items():  # each run on the notebook's names at its exercise
+        assert check(printed_answer(lesson2.solution, name, capsys, **given)), name
         assert "✓ Right" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no solution named"):
         lesson2.solution("top")

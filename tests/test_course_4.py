@@ -11,7 +11,7 @@ import torch
 
 from diffviz.course import lesson4
 
-from .conftest import PROMPT, training_picture
+from .conftest import PROMPT, printed_answer, training_picture
 
 
 def test_colour_shares_count_the_judged_colours():
@@ -51,11 +51,8 @@ def test_the_printed_solutions_pass_their_checks(capsys):
                                                                         same_prompt[1]),
               "red_share": lambda answer: lesson4.check_red_share(answer, squares, "square")}
     assert sorted(lesson4.solution) == sorted(checks)  # one worked answer per exercise
-    for name, check in checks.items():
-        lesson4.solution(name)
-        names = dict(given)  # the notebook's names at each exercise
-        exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
-        assert check(names["answer"]), name
+    for name, check in checks.items():  # each run on the notebook's names at its exercise
+        assert check(printed_answer(lesson4.solution, name, capsys, **given)), name
         assert "✓ Right" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no solution named"):
         lesson4.solution("seed")

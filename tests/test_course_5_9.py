@@ -12,18 +12,9 @@ from diffviz.attribution import attribute, region_attention, spearman
 from diffviz.classroom import data
 from diffviz.course import lesson5, lesson7, lesson8, lesson9
 
-from .conftest import PROMPT, generate
+from .conftest import PROMPT, generate, printed_answer
 
 LEFT = (0, 0, 32, 64)  # the left half of the tiny pipeline's 64x64 images
-
-
-def printed_answer(solution, name: str, capsys, result: str = "answer", **names):
-    """Run a lesson's solution ``name`` as it prints, on the names the notebook has there; -> the value it
-    gives ``result``."""
-    capsys.readouterr()
-    solution(name)
-    exec(capsys.readouterr().out, names)  # noqa: S102 (the lesson's own printed solution)
-    return names[result]
 
 
 # ---- lesson 5 -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from diffviz.classroom import data
 from diffviz.course import lesson6
 
-from .test_course_5_9 import printed_answer
+from .conftest import printed_answer
 
 
 def _scene(prompt: str, seed: int = 0) -> np.ndarray:

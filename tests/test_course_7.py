@@ -11,7 +11,7 @@ import torch
 from diffviz.classroom import data, judge, load_pipeline
 from diffviz.course import lesson7
 
-from .test_course_5_9 import printed_answer
+from .conftest import printed_answer
 
 
 @pytest.fixture(scope="module")

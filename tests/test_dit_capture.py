@@ -73,8 +73,8 @@ def test_trace_holds_steps_layers_heads_words_and_estimate_equals_bytes(pipes, t
         assert m.shape == (64, 64) and float(m.max()) == 1.0
     est = diffviz.estimate_bytes(pipes[kind], 64, 64, 3, len(tr.tokens), heads=True)
     held = sum(t.numel() * t.element_size() for t in [tr.latents, tr.x0, tr.noise_cond, tr.noise_uncond,
-                                                       *tr.attn.values()] if t is not None)
-    assert est["total"] == held
+                                                       tr.image, *tr.attn.values()] if t is not None)
+    assert est["total"] == held and est["image"] == tr.image.numel()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -48,19 +48,17 @@ def _estimate(family: Family, latent: tuple[int, int], steps: int, n_tokens: int
     values = math.prod(latent) * family.latent_channels()
     sample, predicted = (d.itemsize for d in family.stored_dtypes())
     latents = images * values * ((2 * steps + 1) * sample + predictions * steps * predicted)  # latents, x0
-    out = {"attention": attention, "latents": latents, "total": attention + latents}
-    if family.video:  # the decoded video, kept whole ([frame, H, W, 3] uint8 per image)
-        out["video"] = images * family.output_bytes(latent)
-        out["total"] += out["video"]
-    return out
+    output = "video" if family.video else "image"  # decoded, kept whole: [(frame,) H, W, 3] uint8 per image
+    out = {"attention": attention, "latents": latents, output: images * family.output_bytes(latent)}
+    return out | {"total": sum(out.values())}
 
 
 def estimate_bytes(pipe, height: int | None = None, width: int | None = None, num_inference_steps: int = 50,
                    n_tokens: int = 77, *, layers: Layers = None, heads: bool = False, uncond: bool = False,
                    images: int = 1, queries: int = 0, num_frames: int | None = None) -> dict[str, int]:
-    """Bytes a capture will hold: {"attention": ..., "latents": ..., "total": ...} (and "video", the
-    decoded frames, for a video pipeline). ``n_tokens`` is the number of stored tokens per image (a prompt's
-    word tokens unless tokens='all'); ``images`` per call; ``queries`` self-attention queries
+    """Bytes a capture will hold: {"attention": ..., "latents": ..., "image" (the decoded picture; "video",
+    its frames, for a video pipeline), "total": ...}. ``n_tokens`` is the number of stored tokens per image
+    (a prompt's word tokens unless tokens='all'); ``images`` per call; ``queries`` self-attention queries
     (``trace(pipe, queries=...)``); ``num_frames`` the output frames of a video (None: the pipeline's
     default)."""
     family = family_of(pipe)

@@ -150,6 +150,10 @@ class Family:
     def vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
 
+    def output_bytes(self, latent: tuple[int, ...]) -> int:
+        """Bytes of the decoded picture ([H, W, 3] uint8) of a latent grid (h, w)."""
+        return latent[-2] * latent[-1] * self.vae_scale**2 * 3
+
     def latent_size(self, sample: torch.Tensor) -> tuple[int, int]:
         return int(sample.shape[-2]), int(sample.shape[-1])
 
