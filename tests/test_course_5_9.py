@@ -271,6 +271,19 @@ def test_lesson9_split_words_and_resolutions(split_trace, capsys):
     assert not lesson9.check_resolutions(None, tr)
 
 
+def test_lesson9_printed_solutions_pass_their_checks(sd_pipe, split_trace, capsys):
+    tr = split_trace  # it stands for both the notebook's tr and its tr_words
+    names = dict(diffviz=diffviz, pipe=sd_pipe, tr=tr, tr_words=tr)
+    checks = {"split_words": lambda a: lesson9.check_split_words(a, tr),
+              "resolutions": lambda a: lesson9.check_resolutions(a, tr),
+              "heads_megabytes": lambda a: lesson9.check_heads_megabytes(a, sd_pipe, tr)}
+    assert sorted(lesson9.solution) == sorted(checks)  # one worked answer per exercise
+    for name, check in checks.items():
+        assert check(printed_answer(lesson9.solution, name, capsys, **names)), name
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson9.solution("words")
+
+
 def test_lesson9_heads_megabytes(sd_pipe, split_trace, capsys):
     tr = split_trace
     args = (tr.num_steps, len(tr.tokens))

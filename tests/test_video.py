@@ -17,10 +17,11 @@ from safetensors import safe_open
 import diffviz
 from diffviz import edit, heatmap, io
 from diffviz.capture import CaptureError
+from diffviz.course import lesson11
 from diffviz.summary import summarize
 from diffviz.testing import tiny_pipeline
 
-from .conftest import trace_failing_mid_generation
+from .conftest import printed_answer, trace_failing_mid_generation
 
 PROMPT = "a red ball jumps left of a blue square"
 KINDS = ["wan", "cogvideox"]
@@ -142,6 +143,16 @@ def test_latent_and_output_frames_map_both_ways(traces):
     image = traces["wan"][2].frame(0)
     with pytest.raises(ValueError, match="picks a frame of a video"):
         image.frame(0)
+
+
+def test_lesson11_printed_solution_passes_its_check(traces, capsys):
+    tr = traces["wan"][2]
+    for frame in range(FRAMES):
+        answer = printed_answer(lesson11.solution, "latent_frame", capsys, tr=tr, FRAME=frame)
+        assert lesson11.check_latent_frame(answer, tr, frame), frame
+    assert not lesson11.check_latent_frame((1, [1, 2, 3]), tr, 2)  # a latent frame holds 4 output frames
+    with pytest.raises(ValueError, match="no solution named"):
+        lesson11.solution("frame")
 
 
 @pytest.mark.parametrize("kind", KINDS)

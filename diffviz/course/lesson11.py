@@ -2,7 +2,8 @@
 
 The lesson runs on a tiny Wan 2.1 pipeline with random weights built from config (no download) and on the
 checkpoint named by ``DIFFVIZ_VIDEO_MODEL`` when it is set. Each check recomputes the answer from the
-student's own trace, so it holds on either.
+student's own trace, so it holds on either. ``solution("latent_frame")``
+prints the exercise's worked answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..traces import Trace
-from . import verdict
+from . import Solutions, verdict
 
 VIDEO_MODEL_ENV = "DIFFVIZ_VIDEO_MODEL"
 
@@ -36,3 +37,12 @@ def check_latent_frame(answer: tuple[int, list[int]] | None, trace: Trace, outpu
                    f"the first output frame has a latent frame of its own; after it, each latent frame holds "
                    f"{trace.temporal_compression} output frames in a row. Answer (latent frame, [its output "
                    "frames]).")
+
+
+solution = Solutions(latent_frame="""\
+c = tr.temporal_compression  # output frames per latent frame, after the first one
+if FRAME == 0:  # the first output frame has latent frame 0 to itself
+    answer = (0, [0])
+else:  # output frames 1..c are latent frame 1, c+1..2c latent frame 2, ...
+    k = (FRAME - 1) // c + 1
+    answer = (k, list(range(1 + (k - 1) * c, 1 + k * c)))""")

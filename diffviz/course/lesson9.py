@@ -2,7 +2,8 @@
 
 The lesson runs on the classroom model by default and on the checkpoint named by ``DIFFVIZ_MODEL`` when it
 is set. Each check recomputes the right answer from the student's own trace and pipeline, so it holds on
-either model.
+either model. ``solution(name)`` prints a worked answer ("split_words", "resolutions", "heads_megabytes"),
+for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import Counter
 
 from ..capture import estimate_bytes
 from ..traces import Trace
-from . import predicted, verdict
+from . import Solutions, predicted, verdict
 
 
 def _words(words) -> list[str]:
@@ -119,6 +120,23 @@ def check_heads_megabytes(answer: float | None, pipe, trace: Trace, prediction: 
     return done
 
 
+solution = Solutions(
+    split_words="""\
+tokens_of = {}  # word index -> how many stored tokens belong to it
+for t in tr_words.tokens:
+    if t.word is not None:
+        tokens_of[t.word] = tokens_of.get(t.word, 0) + 1
+answer = [w for i, w in enumerate(tr_words.words) if tokens_of.get(i, 0) > 1]""",
+    resolutions="""\
+answer = {}
+for layer in tr.layers:
+    answer[layer.resolution] = answer.get(layer.resolution, 0) + 1""",
+    heads_megabytes="""\
+est = diffviz.estimate_bytes(pipe, 2 * tr.height, 2 * tr.width, tr.num_steps, len(tr.tokens), heads=True)
+answer = est["attention"] / 1e6  # bytes -> MB""",
+)
+
+
 __all__ = [
     "attention_megabytes",
     "check_heads_megabytes",
@@ -127,5 +145,6 @@ __all__ = [
     "finest_or_coarsest",
     "layers_per_resolution",
     "resolutions",
+    "solution",
     "split_words",
 ]
