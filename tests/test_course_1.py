@@ -12,7 +12,7 @@ import torch
 import diffviz
 from diffviz.course import lesson1
 
-from .conftest import PROMPT, printed_answer, training_picture
+from .conftest import PROMPT, generate, printed_answer, training_picture
 
 OTHER = "a blue circle left of a red square"
 
@@ -127,7 +127,30 @@ def test_the_printed_solution_passes_the_check(classroom_trace, capsys):
                             ab_t=tr.alpha_bar[i], ab_prev=tr.alpha_bar[i + 1])
     assert lesson1.check_ddim_step(answer, tr, i)
     with pytest.raises(ValueError, match="no solution named"):
-        lesson1.solution("x0")
+        lesson1.solution("x0_hat")
+
+
+def test_the_printed_solutions_of_exercises_1_to_3_pass_their_checks(sd_pipe, capsys):
+    assert sorted(lesson1.solution) == ["ddim_step", "recoloured", "signal_step", "x0"]
+    with diffviz.trace(sd_pipe) as run:  # exercise 2 asks for step 12
+        generate(sd_pipe, steps=14)
+    trace = run.trace
+    assert lesson1.check_signal_step(printed_answer(lesson1.solution, "signal_step", capsys, torch=torch,
+                                                    trace=trace), trace)
+    assert lesson1.check_x0(printed_answer(lesson1.solution, "x0", capsys, trace=trace), trace, step=12)
+    # the restarts of section 5, here standing in as training pictures: two drawn as OTHER, one not
+    drawn = iter([training_picture(OTHER, 0), training_picture(PROMPT), training_picture(OTHER, 1)])
+    z0 = torch.zeros(1, 4, 8, 8)
+
+    def start_from(k, latents, embeds):
+        assert k == 3 and latents.shape == z0.shape and embeds.shape[0] == 2  # unconditional, conditional
+        return torch.from_numpy(next(drawn))
+
+    answer = printed_answer(lesson1.solution, "recoloured", capsys, torch=torch, lesson1=lesson1,
+                            pipe=sd_pipe, OTHER=OTHER, K=3, NOISES=range(3), z0=z0,
+                            noised=lambda k, noise: noise,
+                            seed=lambda n: torch.Generator().manual_seed(n), start_from=start_from)
+    assert answer == 2
 
 
 def test_check_ddim_step_rejects_named_wrong_answers(classroom_trace, capsys):

@@ -70,9 +70,11 @@ def test_token_states_are_the_encoder_on_an_encoder_with_more_layers(sd_pipe):
     assert torch.equal(lesson10.token_states(sd_pipe, "a cat"), encoded)
 
 
-def test_check_reversed_on_real_pictures(classroom, sd_pipe):
+def test_check_reversed_on_real_pictures(classroom, sd_pipe, capsys):
     states = lesson10.token_states(classroom, PROMPT)
     image, flipped = _draw(classroom, prompt_embeds=states), _draw(classroom, prompt_embeds=states.flip(1))
+    assert lesson10.check_reversed(printed_answer(lesson10.solution, "reversed", capsys, "my_reversal"),
+                                   image, flipped)
     assert lesson10.check_reversed("not at all", image, flipped)
     assert not lesson10.check_reversed("a lot", image, flipped)
     assert not lesson10.check_reversed(None, image, flipped)
@@ -94,10 +96,13 @@ def test_edit_caption_makes_one_part_wrong():
         lesson10.edit_caption(scene, "size")
 
 
-def test_word_gains_and_their_checks_on_the_shipped_model(classroom):
+def test_word_gains_and_their_checks_on_the_shipped_model(classroom, capsys):
     gains = lesson10.word_gains(classroom, lesson10.probe_scenes(24, seed=1))
     # the shipped model reads colour and shape words
     assert gains["colour"] > 0.005 and gains["shape"] > 0.005
+    my_first = printed_answer(lesson10.solution, "first_learnt", capsys, "my_first", tiny_gains=gains)
+    my_ignored = printed_answer(lesson10.solution, "ignored", capsys, "my_ignored", shipped_gains=gains)
+    assert lesson10.check_first_learnt(my_first, gains) and lesson10.check_ignored(my_ignored, gains)
     assert lesson10.check_first_learnt(max(gains, key=gains.get), gains)
     assert not lesson10.check_first_learnt(min(gains, key=gains.get), gains)
     assert not lesson10.check_first_learnt(None, gains)
@@ -172,7 +177,7 @@ def test_check_loss_accepts_the_trainers_loss_and_names_a_wrong_ingredient(class
     answer, x_t = printed_answer(lesson10.solution, "loss", capsys, ("answer", "x_t"), **names)
     assert lesson10.check_loss(answer, x_t, trainer, batch)
     with pytest.raises(ValueError, match="no solution"):
-        lesson10.solution("reversed")
+        lesson10.solution("reverse")
 
 
 def test_loss_trainer_is_the_trainer_on_frozen_copies(classroom):

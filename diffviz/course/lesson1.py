@@ -1,8 +1,8 @@
 """Lesson 1, denoising step by step: the pipeline diagram, reference answers and exercise checks.
 
 Every ``check_*`` prints a verdict and returns True or False; ``None`` (unanswered) prints a hint. A
-``prediction`` (written before measuring) is compared once the answer is right. ``solution("ddim_step")``
-prints exercise 4's answer, for whoever asks for it on purpose.
+``prediction`` (written before measuring) is compared once the answer is right. ``solution(name)`` prints a
+worked answer ("signal_step", "x0", "recoloured", "ddim_step"), for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -97,9 +97,8 @@ def check_x0(answer, trace: Trace, step: int, prediction: float | None = None) -
     """``answer``: [C, h, w] tensor, the predicted x0 at ``step`` computed from latents, noise and alpha_bar.
     ``prediction``: the share of its way to the final x0 that the guess at ``step`` still has to go, 0..1."""
     ref = x0_from_noise(trace, step)  # float64 maths on the stored tensors; equals trace.x0 under DDIM
-    hint = (f"x0 = (latents[{step}] - sqrt(1 - alpha_bar[{step}]) * noise_guided[{step}]) "
-            f"/ sqrt(alpha_bar[{step}]); "
-            f"the result has the shape of one latent, {list(ref.shape)}.")
+    hint = (f"solve the training equation above for x0, with step {step}'s latent, guided noise and "
+            f"alpha_bar; the result has the shape of one latent, {list(ref.shape)}.")
     ok, hint = tensor_answer(answer, ref, hint)
     if not verdict(answer, ok, f"that is the model's own predicted x0 at step {step}.", hint):
         return False
@@ -211,8 +210,21 @@ def check_ddim_step(answer, trace: Trace, step: int, prediction: float | None = 
     return True
 
 
-solution = Solutions(ddim_step="""\
+solution = Solutions(
+    signal_step="""\
+answer = int(torch.nonzero(trace.alpha_bar >= 0.5)[0])  # the first step at which signal outweighs noise""",
+    x0="""\
+x_t, eps, ab = trace.latents[12].double(), trace.noise_guided[12].double(), trace.alpha_bar[12].double()
+answer = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()  # the training equation, solved for x0""",
+    recoloured="""\
+cond, uncond = pipe.encode_prompt(OTHER, pipe.device, 1, True)
+embeds = torch.cat([uncond, cond])  # the order start_from expects: unconditional first
+pics = [start_from(K, noised(K, torch.randn(z0.shape, generator=seed(100 + n)).to(z0)), embeds=embeds).numpy()
+        for n in NOISES]
+answer = lesson1.drawn_right(pics, OTHER)  # the judge's count of pictures drawn as OTHER""",
+    ddim_step="""\
 x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()        # the guess of the clean latent at t_i
 x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps  # re-noised to the previous timestep (eta = 0)
-answer = (x0, x_prev)""")
+answer = (x0, x_prev)""",
+)
 

@@ -296,7 +296,19 @@ def check_loss(answer, x_t, trainer, batch) -> bool:
     return verdict(answer, (ok_weighted or ok_plain) and xt_ok, right, hint)
 
 
-solution = Solutions(loss="""\
+solution = Solutions(
+    reversed="""\
+my_reversal = "not at all"
+# one pixel's cross-attention output is sum_i softmax_i(q . k_i) v_i over the 77 rows: a sum (and the
+# softmax's normaliser) does not depend on the order of its terms, and each row keeps its own content
+""",
+    ignored="""\
+best = max(shipped_gains.values())
+my_ignored = {e for e, g in shipped_gains.items() if g < 0.05 * best}  # worth under 5% of the best edit""",
+    first_learnt="""\
+# after training, the edit whose gain stands highest above the untrained model's noise level
+my_first = max(tiny_gains, key=tiny_gains.get)""",
+    loss="""\
 a = alpha_bar[t].view(-1, 1, 1, 1)           # each sample's alpha_bar, broadcast over [C, h, w]
 x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
 eps_hat = predict(x_t)
@@ -304,7 +316,8 @@ answer = (eps_hat - noise).pow(2).mean()     # the plain loss: every sample weig
 # or, as the trainer does, with min-SNR-5 weights per sample:
 snr = a.view(-1) / (1 - a.view(-1))
 answer = (snr.clamp(max=5) / snr * (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-""")
+""",
+)
 
 
 # ---- textual inversion: a new word ------------------------------------------------------------------------
