@@ -232,6 +232,12 @@ def make_scene(objects: list[Obj], relation: str | None, rng: np.random.Generato
     boxes = place(objects, relation, rng, image_size)
     if boxes is None:
         raise ValueError(f"could not place {caption_of(objects, relation)!r} in {image_size}px")
+    return scene_at(objects, relation, boxes, image_size)
+
+
+def scene_at(objects: list[Obj], relation: str | None, boxes: list[tuple[int, int]],
+             image_size: int = IMAGE_SIZE) -> Scene:
+    """The scene with ``objects`` drawn at top-left corners ``boxes``."""
     image, masks = render(objects, boxes, image_size)
     sides = [object_side(o.size, image_size) for o in objects]
     centres = [(x + s / 2, y + s / 2) for (x, y), s in zip(boxes, sides)]
@@ -250,10 +256,7 @@ def random_scene(rng: np.random.Generator, exclude: frozenset[str] = frozenset()
         boxes = place(objects, relation, rng, image_size)
         if boxes is None:  # two large objects on the short axis may not fit
             continue
-        image, masks = render(objects, boxes, image_size)
-        sides = [object_side(o.size, image_size) for o in objects]
-        centres = [(x + s / 2, y + s / 2) for (x, y), s in zip(boxes, sides)]
-        return Scene(objects, relation, image, masks, centres)
+        return scene_at(objects, relation, boxes, image_size)
 
 
 OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -273,9 +276,7 @@ def mirrored(scene: Scene) -> Scene:
     horizontal = scene.relation in ("left of", "right of")
     boxes = [(round(size - x - s / 2), round(y - s / 2)) if horizontal
              else (round(x - s / 2), round(size - y - s / 2)) for (x, y), s in zip(scene.centres, sides)]
-    image, masks = render(scene.objects, boxes, size)
-    centres = [(x + s / 2, y + s / 2) for (x, y), s in zip(boxes, sides)]
-    return Scene(scene.objects, OPPOSITE_RELATION[scene.relation], image, masks, centres)
+    return scene_at(scene.objects, OPPOSITE_RELATION[scene.relation], boxes, size)
 
 
 def scenes(seed: int, n: int, exclude: frozenset[str] = frozenset(),
