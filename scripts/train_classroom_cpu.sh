@@ -6,6 +6,7 @@
 #   bash scripts/train_classroom_cpu.sh                  # v3: 140 min of UNet training on 2 cores, ~150 in all
 #   PRESET=v3-text bash scripts/train_classroom_cpu.sh   # v3 grown a text layer: 65 more min, ~90 in all
 #   PRESET=v3-mirror bash scripts/train_classroom_cpu.sh # v3-text on relation pairs: 60 more min (not shipped)
+#   PRESET=v3-batch bash scripts/train_classroom_cpu.sh  # v3-text at batch 512: 75 more min
 #
 # Run it alone: no test suite or notebook beside it (they would take most of its samples). Two one-thread
 # processes under torchrun (`benchmarks/classroom_train_speed.py`: 1.9x one process on this 2-core CPU).

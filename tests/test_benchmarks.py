@@ -44,3 +44,18 @@ def test_recipe_table_intervals():
     low, high = wilson(29, 120)
     assert low < 29 / 120 < high and 0.16 < low < 0.18 and 0.32 < high < 0.34  # the textbook Wilson interval
     assert abs(wilson(0, 24)[0]) < 1e-12 and abs(wilson(24, 24)[1] - 1) < 1e-12
+
+
+def test_relation_probe_measures_what_the_shipped_model_uses():
+    """The probe's colour swap hurts the shipped model's x0 (it draws the colours it is told); every row has
+    its share of scenes in [0, 1] and a relative gap."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from classroom_relation_probe import main
+
+    from diffviz.classroom.probe import TIMESTEPS
+
+    rows = main(["--layouts", "1", "--threads", "2"])["shipped"]
+    assert [r["t"] for r in rows] == list(TIMESTEPS)
+    assert all(0 <= r["relation_wins"] <= 1 and 0 <= r["colours_wins"] <= 1 for r in rows)
+    middle = [r for r in rows if 0.1 < r["snr"] < 1]  # the noise shows blobs, not yet their colours
+    assert len(middle) == 3 and all(r["colours_gap"] > 0.05 and r["colours_wins"] > 0.55 for r in middle)

@@ -173,6 +173,25 @@ def test_lr_warms_up_and_decays_to_zero():
     assert tr.lr_at(1.0) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_snr_floor_raises_the_weight_of_the_noisiest_steps():
+    """--snr-floor f weights a step's x0 error by clamp(SNR, f, gamma) instead of min(SNR, gamma): at t=999
+    (SNR ~0.005) the epsilon loss grows by f / SNR; at a step with SNR above f it is unchanged."""
+    latents = torch.randn(4, 4, 8, 8)
+    ids = torch.zeros(4, model.MAX_TOKENS, dtype=torch.long)
+
+    def loss(t: int, *extra: str) -> float:
+        tr = train.Trainer(train.parse_args(["--device", "cpu", *extra]), model.build_components(0),
+                           torch.device("cpu"), latents, ids, torch.ones(4), torch.zeros(77))
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return float(tr.loss(latents, ids, noise, torch.full((4,), t)))
+
+    ac = model.build_components(0)["scheduler"].alphas_cumprod
+    snr = float(ac[999] / (1 - ac[999]))
+    assert loss(999, "--snr-floor", "0.5") / loss(999) == pytest.approx(0.5 / snr, rel=1e-4)
+    assert float(ac[100] / (1 - ac[100])) > 0.5 and loss(100, "--snr-floor", "0.5") == loss(100)
+
+
 def test_v_prediction_recipe_trains_and_ships(tmp_path):
     """A v-prediction model with a one-layer text encoder: the scheduler it ships predicts v, and it loads."""
     train.main(["--vae-steps", "1", "--vae-batch", "2", "--n-scenes", "16", "--batch", "4", "--threads", "1",

@@ -3,7 +3,8 @@
 ``load_pipeline()`` returns the shipped model (a diffusers ``StableDiffusionPipeline``, CPU, offline);
 ``data`` draws the scenes with ground-truth masks; ``judge.judge(prompt, image)`` checks an image against
 its prompt (``grader`` hands it to ``diffviz.study``);
-``python -m diffviz.classroom.train`` retrains it. Words outside ``vocabulary()`` still generate, but the
+``probe.word_reliance`` measures whether it uses a word of the prompt; ``python -m diffviz.classroom.train``
+retrains it. Words outside ``vocabulary()`` still generate, but the
 tokenizer splits them into characters the model never learned: ``unknown_words(pipe.tokenizer, prompt)``.
 """
 
