@@ -82,7 +82,7 @@ def test_training_is_seeded_and_resumable(tmp_path, request):
     from safetensors.torch import load_file
 
     # one thread from the VAE stage on (--threads applies only after the latents): with two, a run that shared
-    # the cores with another process once came out different in the last bits
+    # the cores with another process once came out different in the last bits (thread count the likely cause)
     threads = torch.get_num_threads()
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     torch.set_num_threads(1)

@@ -400,8 +400,7 @@ PRESETS = {
                       init_from=Path("checkpoints/classroom_v3_text")),
     # v3-text at the batch of the GPU continuation that learnt relations (issue 10: batch 512, lr 5e-4; two
     # objects 40% -> 89% between 2.4 M and 3.9 M samples): 256 a process, the CPU's fastest shape
-    # (benchmarks/classroom_train_speed.py), and a gradient 2.8x less noisy than batch 64's for the weak
-    # relation signal (benchmarks/classroom_relation_probe.py)
+    # (benchmarks/classroom_train_speed.py); 75 minutes left the relation unlearnt (TRAINING.md, "v3-batch")
     "v3-batch": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=120_000, batch=512,
                      lr=5e-4, warmup=100, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
                      text_layers=1, channels=None, two_share=0.7, threads=1, max_minutes=75.0,
