@@ -16,7 +16,7 @@ the share of the machine's matmul peak that a step uses. Variants:
   autocast x ``torch.compile`` (inductor's CPU backend).
 - ``2 processes x 1 thread``: two independent trainers side by side (what a recipe search can run, and what
   ``torchrun --nproc_per_node 2`` training gets, less one gradient all-reduce a step), the sum of their
-  samples/s.
+  samples/s; eager, and (not with ``--quick``) each with a ``torch.compile``d UNet.
 
 On CUDA the variants are the v1 step, ``Trainer`` fp32, bf16 autocast and bf16 + ``torch.compile``, at
 ``--batch``.
@@ -98,10 +98,10 @@ def flops_per_sample(image_size: int) -> float:
     return counter.get_total_flops() / 16
 
 
-def _side_by_side_worker(image_size: int, batch: int, steps: int, start, out) -> None:
+def _side_by_side_worker(image_size: int, batch: int, steps: int, extra: tuple[str, ...], start, out) -> None:
     torch.set_num_threads(1)
-    tr = make_trainer(image_size, batch, n=1024)
-    tr.train_step()
+    tr = make_trainer(image_size, batch, extra, n=1024)
+    tr.train_step()  # warm-up; compiles where asked
     start.wait()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -109,11 +109,12 @@ def _side_by_side_worker(image_size: int, batch: int, steps: int, start, out) ->
     out.put(steps * batch / (time.perf_counter() - t0))
 
 
-def side_by_side(image_size: int, batch: int, steps: int, processes: int = 2) -> float:
-    """Summed samples/s of ``processes`` one-thread trainers started together."""
+def side_by_side(image_size: int, batch: int, steps: int, extra: tuple[str, ...] = (),
+                 processes: int = 2) -> float:
+    """Summed samples/s of ``processes`` one-thread trainers (``extra`` Trainer options) started together."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_side_by_side_worker, args=(image_size, batch, steps, start, out))
+    procs = [ctx.Process(target=_side_by_side_worker, args=(image_size, batch, steps, extra, start, out))
              for _ in range(processes)]
     for p in procs:
         p.start()
@@ -179,8 +180,9 @@ def main(argv=None) -> dict:
             rates[name].append(args.steps * batch / (time.perf_counter() - t0))
     if not cuda:
         pair_batch = 64 if args.quick else 256
-        pair = side_by_side(size, pair_batch, args.steps * args.rounds)
-        rates[f"2 processes x 1 thread b{pair_batch}"] = [pair]
+        for label, extra in [("", ())] + ([] if args.quick else [(" compile", ("--compile",))]):
+            pair = side_by_side(size, pair_batch, args.steps * args.rounds, extra)
+            rates[f"2 processes x 1 thread b{pair_batch}{label}"] = [pair]
 
     peak = {t: matmul_gflops(t) for t in (1, 2)}
     flops = flops_per_sample(size)
