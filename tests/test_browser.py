@@ -106,6 +106,9 @@ def test_report_draws_and_steps_offline(browser, traced, tmp_path, screenshots):
 
     page.mouse.click(rail["x"] + 1, rail["y"] + rail["height"] / 2)  # back to step 0, then play
     page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active === 0", timeout=10_000)
+    # play once step 0's frame is drawn (a click during the slider's own transition can be lost under load)
+    page.wait_for_function("document.querySelector('#fig0 .gtitle').textContent.includes('step 0 (t=')",
+                           timeout=10_000)
     gd.locator("g.updatemenu-button").first.click()
     page.wait_for_function("document.getElementById('fig0').layout.sliders[0].active >= 2", timeout=15_000)
 
