@@ -56,6 +56,6 @@ def test_relation_probe_measures_what_the_shipped_model_uses():
 
     rows = main(["--layouts", "1", "--threads", "2"])["shipped"]
     assert [r["t"] for r in rows] == list(TIMESTEPS)
-    assert all(0 <= r["relation_wins"] <= 1 and 0 <= r["colours_wins"] <= 1 for r in rows)
+    assert all(0 <= r["order_wins"] <= 1 and 0 <= r["binding_wins"] <= 1 for r in rows)
     middle = [r for r in rows if 0.1 < r["snr"] < 1]  # the noise shows blobs, not yet their colours
-    assert len(middle) == 3 and all(r["colours_gap"] > 0.05 and r["colours_wins"] > 0.55 for r in middle)
+    assert len(middle) == 3 and all(r["binding_gap"] > 0.05 and r["binding_wins"] > 0.55 for r in middle)

@@ -160,16 +160,15 @@ def test_judge_reads_an_oblong_square_scene_as_a_square():
 def test_probe_edits_change_one_thing_each():
     """The probe's scenes draw the held-out two-object prompts as captioned; an edit changes only the relation
     (to its opposite) or only which object has which colour."""
-    from diffviz.classroom.probe import edited_captions, probe_scenes
+    from diffviz.classroom.probe import edit_caption, held_out_scenes
 
-    scenes = probe_scenes(layouts=1)
+    scenes = held_out_scenes(layouts=1)
     assert [s.caption for s in scenes] == data.held_out_prompts()[1]
     for scene in scenes:
         assert judge(scene.caption, scene.image)["correct"]
-        edits = edited_captions(scene)
-        objs, rel = data.parse_caption(edits["true"])
-        same, opposite = data.parse_caption(edits["relation"])
+        objs, rel = data.parse_caption(scene.caption)
+        same, opposite = data.parse_caption(edit_caption(scene, "order"))
         assert same == objs and opposite == data.OPPOSITE_RELATION[rel]
-        recoloured, rel2 = data.parse_caption(edits["colours"])
+        recoloured, rel2 = data.parse_caption(edit_caption(scene, "binding"))
         assert rel2 == rel and [o["shape"] for o in recoloured] == [o["shape"] for o in objs]
         assert [o["colour"] for o in recoloured] == [o["colour"] for o in reversed(objs)]

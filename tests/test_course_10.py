@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffviz.classroom import data, judge, load_pipeline
+from diffviz.classroom import data, judge, load_pipeline, probe
 from diffviz.course import lesson10
 
 from .conftest import generate, printed_answer
@@ -90,7 +90,7 @@ def test_edit_caption_makes_one_part_wrong():
     assert len(set(edited.values()) | {scene.caption}) == len(lesson10.EDITS) + 1
     assert f"{b.colour} {a.shape}" in edited["binding"] and f"{a.colour} {b.shape}" in edited["binding"]
     assert data.OPPOSITE_RELATION[relation] in edited["order"]
-    assert lesson10.CROSSWISE[relation] in edited["axis"]
+    assert probe.CROSSWISE[relation] in edited["axis"]
     assert a.colour not in edited["colour"].split() and b.shape not in edited["shape"].split()[-1:]
     with pytest.raises(ValueError, match="not one of"):
         lesson10.edit_caption(scene, "size")

@@ -174,6 +174,13 @@ def render(objects: list[Obj], boxes: list[tuple[int, int]], image_size: int = I
     return image, np.stack(masks)
 
 
+def pixels(images: list[np.ndarray]):
+    """``uint8 [H, W, 3]`` images as the VAE's input: a float ``torch.Tensor [n, 3, H, W]`` in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def _relation_holds(relation: str, a: tuple[float, float], b: tuple[float, float], margin: float) -> bool:
     """True when centre ``a`` is clearly ``relation`` centre ``b`` (dominant axis, with a margin)."""
     dx, dy = a[0] - b[0], a[1] - b[1]  # y grows downwards

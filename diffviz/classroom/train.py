@@ -38,12 +38,6 @@ EMA_DECAY = 0.999
 MIN_SNR_GAMMA = 5.0
 
 
-def _images(scenes: list[data.Scene]) -> torch.Tensor:
-    """``[B, 3, H, W]`` float in [-1, 1]."""
-    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1
-
-
 # ---------------------------------------------------------------- optimizer state as safetensors + JSON
 def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     sd = opt.state_dict()
@@ -76,7 +70,7 @@ def train_vae(vae, args, device) -> None:
     bar = tqdm(range(args.vae_steps), desc="vae", mininterval=2, file=sys.stdout)
     for step in bar:
         scenes = data.scenes(args.seed * 1_000_003 + 7 + step, args.vae_batch, image_size=args.image_size)
-        x = _images(scenes).to(device)
+        x = data.pixels([s.image for s in scenes]).to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         rec_loss = F.mse_loss(rec, x)
@@ -106,7 +100,8 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
                  for _ in range(min(512, args.n_scenes - start))]
         if args.mirror:
             chunk = [twin for s in chunk for twin in ([s, data.mirrored(s)] if s.relation else [s])]
-        latents.append(vae.encode(_images(chunk).to(device)).latent_dist.mean.float().cpu())
+        pixels = data.pixels([s.image for s in chunk]).to(device)
+        latents.append(vae.encode(pixels).latent_dist.mean.float().cpu())
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
         objects.append(torch.tensor([len(s.objects) for s in chunk], dtype=torch.int8))

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..classroom.probe import EDITS, edit_caption, scene_latents
 from . import Solutions, tensor_answer, verdict
 from .lesson4 import distance  # RMS pixel difference in [0, 1]
 
-CROSSWISE = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}
-EDITS = ("colour", "shape", "axis", "binding", "order")
 REVERSED_ANSWERS = ("not at all", "a lot")
 
 
@@ -110,32 +109,6 @@ def probe_scenes(n: int = 64, seed: int = 0, image_size: int | None = None) -> l
     return out
 
 
-def edit_caption(scene, edit: str) -> str:
-    """``scene``'s caption with one part made wrong (``EDITS``): ``colour`` (both colours replaced by colours
-    absent from the scene), ``shape`` (both shapes replaced), ``axis`` (a horizontal relation made vertical
-    and back), ``binding`` (the two colours exchanged between the objects), ``order`` (the opposite relation:
-    the same axis, the objects the other way round)."""
-    from ..classroom import data
-
-    a, b = scene.objects
-    relation = scene.relation
-    if edit == "colour":
-        spare = [c for c in data.COLOURS if c not in (a.colour, b.colour)]
-        a, b = data.Obj(a.shape, spare[0], a.size), data.Obj(b.shape, spare[1], b.size)
-    elif edit == "shape":
-        spare = next(s for s in data.SHAPES if s not in (a.shape, b.shape))
-        a, b = data.Obj(spare, a.colour, a.size), data.Obj(a.shape, b.colour, b.size)
-    elif edit == "binding":
-        a, b = data.Obj(a.shape, b.colour, a.size), data.Obj(b.shape, a.colour, b.size)
-    elif edit == "axis":
-        relation = CROSSWISE[relation]
-    elif edit == "order":
-        relation = data.OPPOSITE_RELATION[relation]
-    else:
-        raise ValueError(f"edit {edit!r} is not one of {EDITS}")
-    return data.caption_of([a, b], relation)
-
-
 @torch.no_grad()
 def word_gains(pipe, scenes, *, unet=None, text_encoder=None, seed: int = 0,
                t_range: tuple[int, int] = (100, 900)) -> dict[str, float]:
@@ -147,8 +120,7 @@ def word_gains(pipe, scenes, *, unet=None, text_encoder=None, seed: int = 0,
     unet, text_encoder = unet or pipe.unet, text_encoder or pipe.text_encoder
     was_training = unet.training, text_encoder.training
     unet.eval(), text_encoder.eval()
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    x0 = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+    x0 = scene_latents(pipe, scenes)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(*t_range, (len(scenes),), generator=gen)
@@ -220,7 +192,7 @@ def loss_trainer(pipe, images: Sequence[np.ndarray], captions: Sequence[str], *,
     ``captions`` (tokenised by ``pipe``'s tokenizer), each drawn equally often. ``trainer.batch()`` draws a
     batch of ``batch`` as the trainer does (``trainer.step`` picks which), ``trainer.loss(*batch)`` is the
     training objective. ``pipe`` is unchanged, and ``train_step`` refuses (nothing can learn)."""
-    from ..classroom import train
+    from ..classroom import data, train
 
     if len(images) != len(captions) or not len(images):
         raise ValueError(f"give one caption per image, at least one; got {len(images)} images and "
@@ -231,9 +203,8 @@ def loss_trainer(pipe, images: Sequence[np.ndarray], captions: Sequence[str], *,
     comps = dict(unet=copy.deepcopy(pipe.unet).requires_grad_(False),
                  text_encoder=copy.deepcopy(pipe.text_encoder).requires_grad_(False),
                  vae=pipe.vae, tokenizer=pipe.tokenizer, scheduler=copy.deepcopy(pipe.scheduler))
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        latents = pipe.vae.encode(data.pixels(images)).latent_dist.mean * pipe.vae.config.scaling_factor
     ids = torch.cat([token_ids(pipe, c) for c in captions])
     ones = torch.ones(len(images), dtype=torch.int8)  # "one object each": the trainer then draws them evenly
     return train.Trainer(args, comps, torch.device("cpu"), latents, ids, ones, token_ids(pipe, "")[0])
