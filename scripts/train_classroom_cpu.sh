@@ -7,6 +7,8 @@
 #   PRESET=v3-text bash scripts/train_classroom_cpu.sh   # v3 grown a text layer: 65 more min, ~90 in all
 #   PRESET=v3-mirror bash scripts/train_classroom_cpu.sh # v3-text on relation pairs: 60 more min (not shipped)
 #   PRESET=v3-batch bash scripts/train_classroom_cpu.sh  # v3-text at batch 512: 75 more min
+#   PRESET=v3-relation bash scripts/train_classroom_cpu.sh      # the relation curriculum: 8 min from v3-batch
+#   PRESET=v3-relation-mix bash scripts/train_classroom_cpu.sh  # then every kind of scene again: 25 min
 #
 # Run it alone: no test suite or notebook beside it (they would take most of its samples). Two one-thread
 # processes under torchrun (`benchmarks/classroom_train_speed.py`: 1.9x one process on this 2-core CPU).
@@ -19,10 +21,12 @@ NAME=classroom_${PRESET//-/_}
 RUN=${RUN:-runs/$NAME}
 mkdir -p "$RUN"
 # A run that a session had to stop is committed under checkpoints/ (the optimiser state and the snapshots'
-# scores, not the latents, which are re-encoded in a few minutes): a fresh RUN goes on from there.
+# scores, not the latents, which are re-encoded in a few minutes): a fresh RUN goes on from there. (A folder
+# that keeps only EMA weights, for another run's --init-from, has no progress.json and is not resumed.)
 FROM=${FROM:-checkpoints/$NAME}
-if [ ! -d "$RUN/ckpt/state" ] && [ -d "$FROM/state" ] && [ "${TINY:-0}" != 1 ]; then
+if [ ! -d "$RUN/ckpt/state" ] && [ -f "$FROM/state/progress.json" ] && [ "${TINY:-0}" != 1 ]; then
     mkdir -p "$RUN/ckpt" && cp -r "$FROM"/. "$RUN/ckpt/" && echo "resuming the committed run in $FROM"
+    if [ -d "$FROM/model" ]; then cp -r "$FROM/model" "$RUN/model"; fi  # a finished run's model: scored, shipped
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ "${TINY:-0}" = 1 ]; then

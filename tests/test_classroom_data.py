@@ -172,3 +172,19 @@ def test_probe_edits_change_one_thing_each():
         recoloured, rel2 = data.parse_caption(edit_caption(scene, "binding"))
         assert rel2 == rel and [o["shape"] for o in recoloured] == [o["shape"] for o in objs]
         assert [o["colour"] for o in recoloured] == [o["colour"] for o in reversed(objs)]
+
+
+def test_plain_layouts_put_the_objects_where_the_relation_says():
+    """plain=1: each two-object scene's centres stand at a quarter and three quarters of the relation's axis,
+    in the relation's order, and centred (+-2 px, rounding) on the other axis."""
+    size = data.IMAGE_SIZE
+    plain = [s for s in data.scenes(6, 200, plain=1.0) if s.relation]
+    assert len(plain) > 60
+    for s in plain:
+        (ax, ay), (bx, by) = s.centres
+        horizontal = s.relation in ("left of", "right of")
+        along, across = ((ax, bx), (ay, by)) if horizontal else ((ay, by), (ax, bx))
+        first = size / 4 if s.relation in ("left of", "above") else 3 * size / 4
+        assert abs(along[0] - first) <= 0.5 and abs(along[1] - (size - first)) <= 0.5
+        assert all(abs(c - size / 2) <= 2.5 for c in across)
+        assert s.masks.sum(0).max() == 1 and all(m.any() for m in s.masks)  # apart, and inside the image

@@ -140,6 +140,8 @@ def test_trainer_batches_are_a_function_of_seed_and_step():
     assert sum(objects[r] == 2 for r in rows) > 48
     _, _, _, t = batch_at(2, "--timesteps", "logit-normal", "--batch", "512")
     assert 300 < t.float().median() < 700 and (t < 100).float().mean() < 0.05  # the middle of the schedule
+    t = batch_at(2, "--t-min", "700")[3]
+    assert t.min() >= 700 and t.max() > 950  # only the noisiest steps (the relation curriculum)
 
 
 def test_mirror_batches_pair_each_scene_with_its_twin(tmp_path):

@@ -251,16 +251,38 @@ def scene_at(objects: list[Obj], relation: str | None, boxes: list[tuple[int, in
     return Scene(objects, relation, image, masks, centres)
 
 
+def plain_boxes(objects: list[Obj], relation: str, rng: np.random.Generator,
+                image_size: int = IMAGE_SIZE) -> list[tuple[int, int]]:
+    """Top-left corners that lay two objects out plainly: their centres at a quarter and three quarters of
+    the relation's axis (in the relation's order), both centred on the other axis (+-2 px)."""
+    first, second = (image_size / 4, 3 * image_size / 4) if relation in ("left of", "above") else (
+        3 * image_size / 4, image_size / 4)
+    across = image_size / 2 + int(rng.integers(-2, 3))
+    boxes = []
+    for obj, along in zip(objects, (first, second)):
+        half = object_side(obj.size, image_size) / 2
+        x, y = (along, across) if relation in ("left of", "right of") else (across, along)
+        boxes.append((round(x - half), round(y - half)))
+    return boxes
+
+
 def random_scene(rng: np.random.Generator, exclude: frozenset[str] = frozenset(),
-                 image_size: int = IMAGE_SIZE) -> Scene:
-    """A random training scene whose caption is not in ``exclude`` (e.g. the benchmark's prompts)."""
+                 image_size: int = IMAGE_SIZE, plain: float = 0.0) -> Scene:
+    """A random training scene whose caption is not in ``exclude`` (e.g. the benchmark's prompts).
+
+    ``plain``: the share of two-object scenes laid out plainly (``plain_boxes``), where the relation alone
+    decides where each object goes, so that knowing it pays even at the noisiest steps (0: the data as it is).
+    """
     while True:
         two = rng.random() < P_TWO_OBJECTS
         objects = [random_object(rng)] + ([random_object(rng)] if two else [])
         relation = RELATIONS[rng.integers(len(RELATIONS))] if two else None
         if caption_of(objects, relation) in exclude:
             continue
-        boxes = place(objects, relation, rng, image_size)
+        if two and plain and rng.random() < plain:
+            boxes = plain_boxes(objects, relation, rng, image_size)
+        else:
+            boxes = place(objects, relation, rng, image_size)
         if boxes is None:  # two large objects on the short axis may not fit
             continue
         return scene_at(objects, relation, boxes, image_size)
@@ -287,10 +309,10 @@ def mirrored(scene: Scene) -> Scene:
 
 
 def scenes(seed: int, n: int, exclude: frozenset[str] = frozenset(),
-           image_size: int = IMAGE_SIZE) -> list[Scene]:
-    """``n`` scenes, a pure function of ``seed``."""
+           image_size: int = IMAGE_SIZE, plain: float = 0.0) -> list[Scene]:
+    """``n`` scenes (``random_scene``), a pure function of ``seed``."""
     rng = np.random.default_rng(seed)
-    return [random_scene(rng, exclude, image_size) for _ in range(n)]
+    return [random_scene(rng, exclude, image_size, plain) for _ in range(n)]
 
 
 def held_out_prompts(seed: int = 1234, n_single: int = 12, n_two: int = 60) -> tuple[list[str], list[str]]:

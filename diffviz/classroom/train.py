@@ -91,12 +91,12 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
     ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar. With ``args.mirror`` each two-object scene
     is followed by its ``data.mirrored`` twin, and ``partner [n]`` holds each scene's twin (-1: none)."""
     tok = model.tokenizer()
-    # the same scenes, in the same order, as data.scenes(args.seed, ...)
+    # the same scenes, in the same order, as data.scenes(args.seed, ..., plain=args.plain)
     rng = np.random.default_rng(args.seed)
     latents, ids, objects = [], [], []
     for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
                       disable=not progress):
-        chunk = [data.random_scene(rng, exclude, args.image_size)
+        chunk = [data.random_scene(rng, exclude, args.image_size, args.plain)
                  for _ in range(min(512, args.n_scenes - start))]
         if args.mirror:
             chunk = [twin for s in chunk for twin in ([s, data.mirrored(s)] if s.relation else [s])]
@@ -186,7 +186,7 @@ class Trainer:
             u = torch.randn(b, generator=self.gen, device=self.device)
             t = (torch.sigmoid(u) * n_t).long().clamp(max=n_t - 1)
         else:
-            t = torch.randint(0, n_t, (b,), generator=self.gen, device=self.device)
+            t = torch.randint(a.t_min, n_t, (b,), generator=self.gen, device=self.device)
         if paired:
             t = torch.cat([t[:n], t[: b - n]])
         return x0, tokens, noise, t
@@ -349,7 +349,9 @@ class Trainer:
             if dest.is_dir():
                 shutil.rmtree(dest)
             shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
-        (weights / "training_log.json").write_text(json.dumps(self.summary(), indent=1))
+        log = json.dumps(self.summary(), indent=1)
+        for folder in (weights, ckpt):  # the checkpoint's copy lets another run start --init-from it
+            (folder / "training_log.json").write_text(log)
 
     def summary(self) -> dict:
         """The recipe (every option of the run) and the facts of the run, for ``training_log.json``."""
@@ -401,6 +403,21 @@ PRESETS = {
                      text_layers=1, channels=None, two_share=0.7, threads=1, max_minutes=75.0,
                      ship_every=15.0, save_every=5.0, seed=3,
                      init_from=Path("checkpoints/classroom_v3_text")),
+    # the relation curriculum: v3-batch's weights trained only where the relation is the whole signal:
+    # two-object scenes laid out plainly, at the noisiest steps (t >= 700), their x0 error weighted 1; the
+    # relation is learnt suddenly after ~40,000 such samples (TRAINING.md, "The relation curriculum")
+    "v3-relation": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=30_000,
+                        batch=128, lr=1e-3, warmup=50, decay=False, ema=0.99, prediction="epsilon",
+                        timesteps="uniform", t_min=700, snr_floor=1.0, text_layers=1, channels=None,
+                        two_share=1.0, plain=1.0, threads=1, max_minutes=8.0, ship_every=2.0, save_every=2.0,
+                        seed=6, init_from=Path("checkpoints/classroom_v3_batch")),
+    # after the curriculum, the whole data again (every timestep, min-SNR weighting, free layouts but 20% of
+    # two-object scenes plain), lr decayed to zero: the relation carries over to free layouts
+    "v3-relation-mix": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=60_000,
+                            batch=128, lr=5e-4, warmup=50, decay=True, ema=0.995, prediction="epsilon",
+                            timesteps="uniform", text_layers=1, channels=None, two_share=0.7, plain=0.2,
+                            threads=1, max_minutes=25.0, ship_every=10.0, save_every=5.0, seed=7,
+                            init_from=Path("checkpoints/classroom_v3_relation")),
     # a student's own run (lesson 10): v3's schedule on 16,000 scenes, single objects only, for 8.5 minutes of
     # UNet training on a laptop's CPU (25% two-object scenes and 7 minutes drew 65% of single objects right)
     "student": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=16_000, batch=64,
@@ -446,6 +463,9 @@ def parse_args(argv=None):
     p.add_argument("--n-scenes", type=int, default=100_000)
     p.add_argument("--two-share", type=float, default=None,
                    help="share of two-object scenes in a batch (default: the data's, 0.6)")
+    p.add_argument("--plain", type=float, default=0.0,
+                   help="share of two-object scenes laid out plainly (data.plain_boxes): the relation alone "
+                        "places the objects")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=False,
                    help="pair each two-object scene with its mirror image captioned with the opposite "
                         "relation (same noise and timestep), half of every batch")
@@ -456,6 +476,9 @@ def parse_args(argv=None):
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
     p.add_argument("--timesteps", choices=("uniform", "logit-normal"), default="uniform",
                    help="how training timesteps are drawn")
+    p.add_argument("--t-min", type=int, default=0,
+                   help="the least timestep trained (uniform timesteps): 700 trains only the noisiest "
+                        "steps, where the layout is decided")
     p.add_argument("--min-snr", type=float, default=MIN_SNR_GAMMA, help="min-SNR loss weighting's gamma")
     p.add_argument("--snr-floor", type=float, default=0.0,
                    help="the least weight of a step's x0 error (min-SNR gives SNR, ~0.005 at the noisiest "
