@@ -26,7 +26,7 @@ mkdir -p "$RUN"
 FROM=${FROM:-checkpoints/$NAME}
 if [ ! -d "$RUN/ckpt/state" ] && [ -f "$FROM/state/progress.json" ] && [ "${TINY:-0}" != 1 ]; then
     mkdir -p "$RUN/ckpt" && cp -r "$FROM"/. "$RUN/ckpt/" && echo "resuming the committed run in $FROM"
-    if [ -d "$FROM/model" ]; then cp -r "$FROM/model" "$RUN/model"; fi  # a finished run's model: scored, shipped
+    if [ -d "$RUN/ckpt/model" ]; then mv "$RUN/ckpt/model" "$RUN/model"; fi  # a finished run's model: scored, shipped
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ "${TINY:-0}" = 1 ]; then
