@@ -36,17 +36,26 @@ def compare(new: dict, old: dict) -> dict[str, tuple[float, float]]:
     return {name: (new[a][b], old[a][b]) for name, (a, b) in METRICS.items()}
 
 
+def samples_before(log: dict) -> int:
+    """Samples seen by the runs that the run of ``log`` (a ``training_log.json``) started from, all of them
+    (``init_from``, recursively)."""
+    parent = log["recipe"].get("init_from")
+    if not parent:
+        return 0
+    parent_log = json.loads((ROOT / parent / "training_log.json").read_text())
+    return samples_before(parent_log) + parent_log["samples_seen"]
+
+
 def lineage_curve(snapshots: list[Path], log: dict) -> list[dict]:
     """The snapshots' scores (``quality.json`` files of one run whose ``training_log.json`` is ``log``), after
     those of the run it started from, recursively. Each row: the run's preset, its own ``step``, ``samples``
     seen since the first run began, and the scores."""
     recipe = log["recipe"]
-    before, offset = [], 0
+    before, offset = [], samples_before(log)
     if recipe.get("init_from"):
         parent = ROOT / recipe["init_from"]
         parent_log = json.loads((parent / "training_log.json").read_text())
         before = lineage_curve(sorted(parent.glob("snapshots/step_*/quality.json")), parent_log)
-        offset = parent_log["samples_seen"]
     rows = [dict(run=recipe.get("preset") or "", step=int(path.parent.name.split("_")[1]),
                  samples=offset + int(path.parent.name.split("_")[1]) * log["batch"],
                  **json.loads(path.read_text()))

@@ -343,6 +343,10 @@ class Trainer:
         pipe = self.ema_pipeline()
         snap = ckpt / "snapshots" / f"step_{self.step:06d}"
         pipe.save_pretrained(snap)
+        for config in snap.glob("*/config.json"):  # a part loaded from_pretrained records the run's folder
+            keys = json.loads(config.read_text())
+            if keys.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n")
         weights.mkdir(parents=True, exist_ok=True)
         for item in sorted(snap.iterdir()):  # replace the shipped model part by part; keep TRAINING.md
             dest = weights / item.name
@@ -418,6 +422,13 @@ PRESETS = {
                             timesteps="uniform", text_layers=1, channels=None, two_share=0.7, plain=0.2,
                             threads=1, max_minutes=25.0, ship_every=10.0, save_every=5.0, seed=7,
                             init_from=Path("checkpoints/classroom_v3_relation")),
+    # the shipped model's recipe from scratch in one command (`scripts/train_classroom_cpu.sh` runs the chain
+    # "scratch scratch-relation scratch-mix", each stage from the one before it): v3 with its text layer from
+    # the start and a share of two-object scenes, then the curriculum and the mix as above; 128 UNet minutes
+    "scratch": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=150_000, batch=64,
+                    lr=1e-3, warmup=300, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
+                    text_layers=1, channels=None, two_share=0.7, threads=1, max_minutes=75.0, ship_every=15.0,
+                    save_every=5.0),
     # a student's own run (lesson 10): v3's schedule on 16,000 scenes, single objects only, for 8.5 minutes of
     # UNet training on a laptop's CPU (25% two-object scenes and 7 minutes drew 65% of single objects right)
     "student": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=16_000, batch=64,
@@ -425,6 +436,10 @@ PRESETS = {
                     text_layers=0, channels=None, two_share=0.0, max_minutes=8.5, ship_every=1000.0,
                     save_every=1000.0, log_every=20),
 }
+
+
+PRESETS["scratch-relation"] = dict(PRESETS["v3-relation"], init_from=None)  # --init-from the stage before
+PRESETS["scratch-mix"] = dict(PRESETS["v3-relation-mix"], init_from=None, max_minutes=45.0)
 
 
 def train_student_model(folder: str | os.PathLike, minutes: float = 8.5, seed: int = 0):

@@ -416,11 +416,12 @@ def check_first_learnt(prediction: str | None, gains: dict[str, float]) -> bool:
 
 
 def check_ignored(prediction, gains: dict[str, float]) -> bool:
-    """Exercise: the set of edits the model ignores (``ignored(gains)``), e.g. ``{"shape"}``."""
-    right = ignored(gains)
+    """Exercise: the set of edits the model ignores (``ignored(gains)``), e.g. ``{"shape"}``, or ``set()``."""
+    right, top = ignored(gains), max(gains, key=gains.get)
     answer = None if prediction is None else {str(e).strip().lower() for e in prediction}
     return verdict(prediction, answer == right,
-                   f"{sorted(right)}: each is worth under 5% of what {max(gains, key=gains.get)} is worth.",
+                   f"{sorted(right)}: each is worth under 5% of what {top} is worth." if right else
+                   f"set(), none: every edit is worth at least 5% of what {top} is worth.",
                    f"a set of names from {EDITS}. Compare each gain printed above (shipped_gains) with the "
                    "largest one: an edit worth under 5% of it is one the model ignores.")
 
