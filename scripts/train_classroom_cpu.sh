@@ -10,7 +10,7 @@
 #   PRESET=v3-relation bash scripts/train_classroom_cpu.sh      # the relation curriculum: 8 min from v3-batch
 #   PRESET=v3-relation-mix bash scripts/train_classroom_cpu.sh  # then every kind of scene again: 25 min
 #   PRESET="scratch scratch-relation scratch-mix" bash scripts/train_classroom_cpu.sh  # the shipped recipe
-#                                                    # from scratch: a chain, 128 UNet min, ~140 in all
+#                                                    # from scratch: a chain, 90 UNet min, ~100 in all
 #
 # PRESET may name a chain of presets: each later one starts from the EMA weights of the one before it
 # (--init-from), whose checkpoint is RUN/<preset>/ckpt; the last one's is RUN/ckpt, scored and shipped.

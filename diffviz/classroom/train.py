@@ -424,10 +424,10 @@ PRESETS = {
                             init_from=Path("checkpoints/classroom_v3_relation")),
     # the shipped model's recipe from scratch in one command (`scripts/train_classroom_cpu.sh` runs the chain
     # "scratch scratch-relation scratch-mix", each stage from the one before it): v3 with its text layer from
-    # the start and a share of two-object scenes, then the curriculum and the mix as above; 128 UNet minutes
+    # the start and a share of two-object scenes, then the curriculum and the mix as above; 90 UNet minutes
     "scratch": dict(image_size=32, init_vae=model.WEIGHTS / "vae", vae_steps=0, n_scenes=150_000, batch=64,
                     lr=1e-3, warmup=300, decay=True, ema=0.995, prediction="epsilon", timesteps="uniform",
-                    text_layers=1, channels=None, two_share=0.7, threads=1, max_minutes=75.0, ship_every=15.0,
+                    text_layers=1, channels=None, two_share=0.7, threads=1, max_minutes=55.0, ship_every=11.0,
                     save_every=5.0),
     # a student's own run (lesson 10): v3's schedule on 16,000 scenes, single objects only, for 8.5 minutes of
     # UNet training on a laptop's CPU (25% two-object scenes and 7 minutes drew 65% of single objects right)
@@ -439,7 +439,7 @@ PRESETS = {
 
 
 PRESETS["scratch-relation"] = dict(PRESETS["v3-relation"], init_from=None)  # --init-from the stage before
-PRESETS["scratch-mix"] = dict(PRESETS["v3-relation-mix"], init_from=None, max_minutes=45.0)
+PRESETS["scratch-mix"] = dict(PRESETS["v3-relation-mix"], init_from=None, max_minutes=27.0, ship_every=9.0)
 
 
 def train_student_model(folder: str | os.PathLike, minutes: float = 8.5, seed: int = 0):
