@@ -5,7 +5,8 @@
 
 RUN is a ``scripts/train_classroom_cpu.sh`` folder: ``ckpt/state/progress.json`` holds the logged training
 loss, ``ckpt/args.json`` the batch, and ``ckpt/snapshots/step_*/quality.json`` the held-out scores of each
-snapshot (``benchmarks/classroom_quality.py``). Left: the loss against samples seen; right: single- and
+snapshot (``benchmarks/classroom_quality.py``); a chain's earlier stages (``RUN/<preset>/ckpt``) come first,
+end to end, a dashed line where each stage ends. Left: the loss against samples seen; right: single- and
 two-object faithfulness and the word-map IoU of each snapshot, with the ``--reference`` models' scores
 (e.g. the shipped v1) as dotted lines. Needs plotly and kaleido with a Chromium (the dev extra).
 """
@@ -24,22 +25,40 @@ SCORES = {"single object right": ("single", "correct"), "two objects right": ("t
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c")
 
 
+def stages(run: Path) -> list[Path]:
+    """The checkpoints of RUN's training, first to last: ``ckpt/`` and, for a chain of presets, the stages it
+    started from (``init_from``) that are folders of RUN."""
+    chain = [run / "ckpt"]
+    while True:
+        parent = json.loads((chain[0] / "training_log.json").read_text())["recipe"].get("init_from")
+        if not parent or run.resolve() not in Path(parent).resolve().parents:
+            return chain
+        chain.insert(0, Path(parent))
+
+
 def figure(run: Path, references: dict[str, dict]) -> go.Figure:
-    progress = json.loads((run / "ckpt/state/progress.json").read_text())
-    batch = int(json.loads((run / "ckpt/args.json").read_text())["batch"])
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (min-SNR weighted)",
                                                         "held-out prompts, the classroom judge"))
-    steps, losses = zip(*[(s, loss) for s, loss, _ in progress["log"]])
-    fig.add_scatter(x=[s * batch / 1e6 for s in steps], y=losses, mode="lines", name="loss",
+    losses, points, ends, offset = [], [], [], 0
+    for ckpt in stages(run):  # each stage's samples counted on from the stages before it
+        batch = int(json.loads((ckpt / "args.json").read_text())["batch"])
+        progress = json.loads((ckpt / "state/progress.json").read_text())
+        losses += [((offset + s * batch) / 1e6, loss) for s, loss, _ in progress["log"]]
+        points += [((offset + int(p.parent.name.split("_")[1]) * batch) / 1e6, json.loads(p.read_text()))
+                   for p in sorted(ckpt.glob("snapshots/step_*/quality.json"))]
+        offset += progress["step"] * batch
+        ends.append(offset / 1e6)
+    fig.add_scatter(x=[x for x, _ in losses], y=[v for _, v in losses], mode="lines", name="loss",
                     line={"color": "#555"}, row=1, col=1)
-    snaps = sorted(run.glob("ckpt/snapshots/step_*/quality.json"))
-    points = [(int(p.parent.name.split("_")[1]) * batch / 1e6, json.loads(p.read_text())) for p in snaps]
     for colour, (label, (group, key)) in zip(COLOURS, SCORES.items()):
         fig.add_scatter(x=[x for x, _ in points], y=[q[group][key] for _, q in points], mode="lines+markers",
                         name=label, line={"color": colour}, row=1, col=2)
         for ref_name, ref in references.items():
             fig.add_hline(y=ref[group][key], line={"color": colour, "dash": "dot", "width": 1}, row=1, col=2,
                           annotation_text=f"{ref_name}: {ref[group][key]:.2f}", annotation_font_size=10)
+    for end in ends[:-1]:  # where a stage of a chain ends (after the data: plotly skips empty panels)
+        for col in (1, 2):
+            fig.add_vline(x=end, line={"color": "#999", "dash": "dash", "width": 1}, row=1, col=col)
     fig.update_xaxes(title_text="samples seen (millions)")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)

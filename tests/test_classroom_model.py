@@ -289,3 +289,38 @@ def test_shipped_learning_curve_covers_the_runs_it_was_grown_from(tmp_path):
     logs = [checkpoints / f"classroom_{p.replace('-', '_')}" / "training_log.json" for p in lineage[:-1]]
     seen = sum(json.loads(f.read_text())["samples_seen"] for f in logs) + log["samples_seen"]
     assert shipped[-1]["samples"] == seen
+
+
+def test_learning_curve_picture_draws_a_chain_of_stages_end_to_end(tmp_path):
+    """scripts/plot_learning_curve.py: a chain's stages (RUN/<preset>/ckpt, then RUN/ckpt) follow each other
+    on the samples axis; a run started from a folder outside RUN is drawn alone."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from plot_learning_curve import figure, stages
+
+    run = tmp_path / "run"
+
+    def stage(ckpt: Path, steps: int, parent: Path | None) -> None:
+        (ckpt / "state").mkdir(parents=True)
+        (ckpt / "args.json").write_text(json.dumps({"batch": 10}))
+        recipe = {"init_from": str(parent)} if parent else {}
+        (ckpt / "training_log.json").write_text(json.dumps({"recipe": recipe}))
+        (ckpt / "state" / "progress.json").write_text(json.dumps(
+            {"step": steps, "log": [[s, 1.0 / s, 0.0] for s in range(1, steps + 1)]}))
+        snap = ckpt / "snapshots" / f"step_{steps:06d}"
+        snap.mkdir(parents=True)
+        (snap / "quality.json").write_text(json.dumps({"single": {"correct": 1.0}, "two": {"correct": 0.5},
+                                                       "localisation": {"miou_correct_images": 0.4}}))
+
+    stage(run / "first" / "ckpt", 2, tmp_path / "elsewhere")  # started from a committed checkpoint
+    stage(run / "second" / "ckpt", 3, run / "first" / "ckpt")
+    stage(run / "ckpt", 1, run / "second" / "ckpt")
+    assert stages(run) == [run / "first" / "ckpt", run / "second" / "ckpt", run / "ckpt"]
+    fig = figure(run, {})
+    loss = next(t for t in fig.data if t.name == "loss")
+    assert [round(x * 1e6) for x in loss.x] == [10, 20, 30, 40, 50, 60]
+    two = next(t for t in fig.data if t.name == "two objects right")
+    assert [round(x * 1e6) for x in two.x] == [20, 50, 60]
+    assert len(fig.layout.shapes) == 4  # where each of the first two stages ends, in both panels
+    assert stages(run / "first") == [run / "first" / "ckpt"]  # its parent lies outside: drawn alone
