@@ -57,8 +57,9 @@ for stage in "${CHAIN[@]}"; do
     FROM_STAGE="$CKPT"
 done
 
-for snap in "$RUN"/ckpt/snapshots/step_* "$RUN"/*/ckpt/snapshots/step_*; do  # the learning curve: each snapshot on the held-out prompts
-    [ -d "$snap" ] || continue
+# the learning curve: each snapshot of each stage on the held-out prompts
+for snap in "$RUN"/ckpt/snapshots/step_* "$RUN"/*/ckpt/snapshots/step_*; do
+    [ -d "$snap" ] || continue  # a pattern that matched nothing
     [ -f "$snap/quality.json" ] || python benchmarks/classroom_quality.py --weights "$snap" --threads 2 \
         $SNAPSHOT --json "$snap/quality.json" >/dev/null
 done
