@@ -4,7 +4,8 @@ Two stages, both seeded and resumable from ``--ckpt`` (safetensors + JSON only):
 1. the VAE alone on freshly drawn scenes (short);
 2. the latents of ``--n-scenes`` scenes are precomputed once, then the UNet and the text encoder
    (embeddings only) are trained together on plain denoising (epsilon, min-SNR weighting, 10% caption
-   dropout for classifier-free guidance, EMA weights). No loss touches the attention maps.
+   dropout for classifier-free guidance, EMA weights). No loss touches the attention maps, unless
+   ``--ground`` adds one that pulls each word's map onto the object the word names (``grounding``).
 
 Every ``--ship-every`` minutes the EMA model is written with ``save_pretrained`` to ``--weights``
 (the package's shipped model) and as a snapshot under ``<ckpt>/snapshots/`` for the learning curve.
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..capture.processor import CrossAttnProcessor
 from . import data, model
 
 CAPTION_DROPOUT = 0.1
@@ -85,15 +87,35 @@ def train_vae(vae, args, device) -> None:
     vae.eval()
 
 
+def object_masks(scene: data.Scene, side: int) -> torch.Tensor:
+    """The share of each ``side x side`` latent cell that each object covers: float16 ``[2, side, side]``
+    (zeros for a second object a scene lacks)."""
+    pixels = torch.from_numpy(scene.masks).float()[:, None]  # [objects, 1, H, W]
+    cover = F.adaptive_avg_pool2d(pixels, side)[:, 0]
+    return torch.cat([cover, cover.new_zeros(2 - len(cover), side, side)]).half()
+
+
+def word_objects(scene: data.Scene) -> torch.Tensor:
+    """int8 ``[77]``: at each token of the caption, the object its word names (its colour, size or shape),
+    -1 for the start, end and padding tokens, "a" and the relation's words. Every caption word is one token
+    of the classroom tokenizer, so word ``i`` is token ``i + 1``."""
+    out = torch.full((model.MAX_TOKENS,), -1, dtype=torch.int8)
+    for i, (_, obj) in enumerate(scene.word_objects()):
+        if obj is not None:
+            out[i + 1] = obj
+    return out
+
+
 @torch.no_grad()
 def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
-    """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]`` and object counts ``[n]`` of
+    """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]``, object counts ``[n]``, object masks
+    ``[n, 2, s/4, s/4]`` and the object each token names ``[n, 77]`` (``object_masks``, ``word_objects``) of
     ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar. With ``args.mirror`` each two-object scene
     is followed by its ``data.mirrored`` twin, and ``partner [n]`` holds each scene's twin (-1: none)."""
     tok = model.tokenizer()
     # the same scenes, in the same order, as data.scenes(args.seed, ..., plain=args.plain)
     rng = np.random.default_rng(args.seed)
-    latents, ids, objects = [], [], []
+    latents, ids, objects, masks, words = [], [], [], [], []
     for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
                       disable=not progress):
         chunk = [data.random_scene(rng, exclude, args.image_size, args.plain)
@@ -105,9 +127,12 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
         ids.append(tok([s.caption for s in chunk], padding="max_length", max_length=model.MAX_TOKENS,
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
         objects.append(torch.tensor([len(s.objects) for s in chunk], dtype=torch.int8))
+        masks.append(torch.stack([object_masks(s, latents[-1].shape[-1]) for s in chunk]))
+        words.append(torch.stack([word_objects(s) for s in chunk]))
     latents, objects = torch.cat(latents).contiguous(), torch.cat(objects)
     empty = tok([""], padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids
     out = {"latents": latents, "ids": torch.cat(ids), "objects": objects, "empty_ids": empty.to(torch.int32),
+           "masks": torch.cat(masks), "word_objects": torch.cat(words),
            "scaling_factor": torch.tensor([1.0 / latents.std().item()])}
     if args.mirror:  # a two-object scene and its twin stand next to each other
         partner = torch.full((len(objects),), -1, dtype=torch.int64)
@@ -118,6 +143,34 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
 
 
 # ---------------------------------------------------------------- stage 2: UNet + text encoder
+class AttentionMaps(list):
+    """An ``edit`` for ``CrossAttnProcessor`` that keeps each layer's probs ``[b, head, query, text]`` (with
+    their graph, for the grounding loss) and changes nothing."""
+
+    def __call__(self, layer: str, probs: torch.Tensor) -> torch.Tensor:
+        self.append(probs)
+        return probs
+
+
+def grounding(regions: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
+    """The grounding loss (nats, 0-d): the KL divergence of each word's object, ``regions [b, text, h, w]``
+    normalised over the cells, from the word's attention map in each of ``maps`` (``[b, head, query, text]``,
+    one per layer; head mean, normalised over the queries), at the layer's resolution; the mean over the
+    words that name an object and the layers. It pulls the map of "red" onto the red object at every
+    timestep."""
+    named = regions.flatten(2).sum(-1) > 0  # [b, text]
+    words = named.sum().clamp(min=1)
+    losses = []
+    for probs in maps:
+        side = math.isqrt(probs.shape[2])
+        target = F.adaptive_avg_pool2d(regions, side).flatten(2)[named]  # [words, query]
+        target = target / target.sum(-1, keepdim=True)
+        word_map = probs.float().mean(1).transpose(1, 2)[named]  # [words, query]
+        word_map = word_map / word_map.sum(-1, keepdim=True)
+        losses.append((torch.xlogy(target, target) - target * (word_map + 1e-8).log()).sum() / words)
+    return torch.stack(losses).mean()
+
+
 class Trainer:
     """UNet + text-encoder training on precomputed latents, with every batch drawn on ``device``.
 
@@ -134,7 +187,8 @@ class Trainer:
     better than one W-thread process.
     """
 
-    def __init__(self, args, comps, device, latents, ids, objects, empty_ids, partner=None):
+    def __init__(self, args, comps, device, latents, ids, objects, empty_ids, partner=None, masks=None,
+                 words=None):
         self.args, self.comps, self.device = args, comps, device
         self.unet, self.text = comps["unet"].to(device), comps["text_encoder"].to(device)
         if args.channels_last:
@@ -160,6 +214,15 @@ class Trainer:
         n_two, n_one = max(int(two.sum()), 1), max(int((~two).sum()), 1)
         self.weights = torch.where(two, share / n_two, (1 - share) / n_one)  # [n] sampling weight of a scene
         self.partner = None if partner is None else partner.to(device)  # [n] a scene's mirrored twin, or -1
+        self.ground = None  # the grounding loss's data: masks [n, 2, h, w], the object of each token [n, 77]
+        if args.ground:
+            if masks is None or words is None:
+                raise ValueError("--ground needs the scenes' object masks, which this latent cache lacks; "
+                                 "delete its latents.safetensors to encode the scenes again")
+            self.ground = (masks.to(device), words.to(device, torch.long))
+            self.maps = AttentionMaps()
+            self.unet.set_attn_processor({name: CrossAttnProcessor(name, edit=self.maps)
+                                          for name in self.unet.attn_processors})
         self.gen = torch.Generator(device)
         self.bf16 = args.precision == "bf16"
         self.denoise = torch.compile(self.unet) if args.compile else self.unet
@@ -167,6 +230,25 @@ class Trainer:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x0 [B, 4, h, w], tokens [B, 77], noise [B, 4, h, w], t [B])`` for the current step, on the
         device."""
+        idx, drop, noise, t = self.draw()
+        return *self.rows(idx, drop), noise, t
+
+    def rows(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0 [B, 4, h, w], tokens [B, 77])`` of scenes ``idx``, the captions ``drop`` says left empty."""
+        return self.latents[idx], torch.where(drop[:, None], self.empty_ids[None], self.ids[idx])
+
+    def regions(self, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """``[B, 77, h, w]``: for each token of scenes ``idx``, the latent-cell cover of the object its word
+        names (zeros for other tokens and for the captions ``drop`` leaves empty)."""
+        masks, words = self.ground
+        obj = torch.where(drop[:, None], -1, words[idx])  # [B, 77]
+        cover = masks[idx].float()  # [B, 2, h, w]
+        picked = cover.gather(1, obj.clamp(min=0)[..., None, None].expand(-1, -1, *cover.shape[2:]))
+        return picked * (obj >= 0)[..., None, None]
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current step's random draws: scene rows ``[B]``, caption dropped ``[B]`` (bool), noise
+        ``[B, 4, h, w]``, timesteps ``[B]``."""
         a, b = self.args, self.local_batch
         self.gen.manual_seed((a.seed * 1_000_003 + self.step) * self.world + self.rank)
         paired = self.partner is not None  # the second half: the first half's twins, same noise and step
@@ -177,9 +259,7 @@ class Trainer:
             twin = self.partner[idx[: b - n]]
             idx = torch.cat([idx, torch.where(twin >= 0, twin, other)])
         drop = torch.rand(b, generator=self.gen, device=self.device) < CAPTION_DROPOUT
-        tokens = torch.where(drop[:, None], self.empty_ids[None], self.ids[idx])
-        x0 = self.latents[idx]
-        noise = torch.randn((n, *x0.shape[1:]), generator=self.gen, device=self.device)
+        noise = torch.randn((n, *self.latents.shape[1:]), generator=self.gen, device=self.device)
         noise = torch.cat([noise, noise[: b - n]]) if paired else noise
         n_t = len(self.alphas_cumprod)
         if a.timesteps == "logit-normal":  # most steps in the middle of the schedule, as SD3 trains
@@ -189,7 +269,7 @@ class Trainer:
             t = torch.randint(a.t_min, n_t, (b,), generator=self.gen, device=self.device)
         if paired:
             t = torch.cat([t[:n], t[: b - n]])
-        return x0, tokens, noise, t
+        return idx, drop, noise, t
 
     def lr_at(self, progress: float) -> float:
         """The learning rate after linear warm-up, cosine-decayed to zero as ``progress`` (0-1) reaches 1."""
@@ -227,12 +307,15 @@ class Trainer:
     def train_step(self, time_done: float = 0.0) -> torch.Tensor:
         """One optimiser step, ``time_done`` (0-1) of the time budget spent; returns the weighted loss as a
         0-d tensor (no host sync in one process)."""
-        return self.update(self.loss(*self.batch()), time_done)
+        idx, drop, noise, t = self.draw()
+        regions = None if self.ground is None else self.regions(idx, drop)
+        return self.update(self.loss(*self.rows(idx, drop), noise, t, regions), time_done)
 
-    def loss(self, x0: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor,
-             t: torch.Tensor) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+             regions: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted denoising loss (0-d) of a batch: latents x0 [b, C, h, w], caption ids [b, text],
-        noise like x0, timesteps [b]; epsilon or v target, min-SNR weights."""
+        noise like x0, timesteps [b]; epsilon or v target, min-SNR weights. With ``regions [b, text, h, w]``
+        (``regions``) it adds ``--ground`` times the grounding loss (``grounding``)."""
         a = self.args
         ac = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
@@ -249,7 +332,12 @@ class Trainer:
         else:
             target = noise
             weight = x0_weight / snr
-        return (weight * (pred.float() - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        denoising = (weight * (pred.float() - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        if self.ground is None:
+            return denoising
+        maps = list(self.maps)  # this forward pass's, with their graph
+        self.maps.clear()
+        return denoising if regions is None else denoising + a.ground * grounding(regions, maps)
 
     def update(self, loss: torch.Tensor, time_done: float = 0.0) -> torch.Tensor:
         """Backward ``loss``, average it across processes, clip, step the optimiser at the scheduled lr and
@@ -329,7 +417,10 @@ class Trainer:
 
     def ema_pipeline(self):
         """A pipeline (on the CPU) whose UNet and text encoder hold the EMA weights."""
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
         unet, text = copy.deepcopy(self.unet).cpu(), copy.deepcopy(self.text).cpu()
+        unet.set_attn_processor(AttnProcessor2_0())  # the grounding loss's processors would keep every map
         n = len(list(self.unet.parameters()))
         with torch.no_grad():
             for p, e in zip(list(unet.parameters()) + list(text.parameters()), self.ema[:n] + self.ema[n:]):
@@ -440,6 +531,11 @@ PRESETS = {
 
 PRESETS["scratch-relation"] = dict(PRESETS["v3-relation"], init_from=None)  # --init-from the stage before
 PRESETS["scratch-mix"] = dict(PRESETS["v3-relation-mix"], init_from=None, max_minutes=27.0, ship_every=9.0)
+# the same chain with the grounding loss in every stage ("grounded grounded-relation grounded-mix"): each
+# colour, size and shape word's attention map is pulled onto its object, so the maps localise even though
+# the text layer is there from the start (without it the colour words' maps never found their objects)
+PRESETS.update({f"grounded{stage[7:]}": dict(PRESETS[stage], ground=0.1)
+                for stage in ("scratch", "scratch-relation", "scratch-mix")})
 
 
 def train_student_model(folder: str | os.PathLike, minutes: float = 8.5, seed: int = 0):
@@ -498,6 +594,10 @@ def parse_args(argv=None):
     p.add_argument("--snr-floor", type=float, default=0.0,
                    help="the least weight of a step's x0 error (min-SNR gives SNR, ~0.005 at the noisiest "
                         "step, where the layout is decided)")
+    p.add_argument("--ground", type=float, default=0.0,
+                   help="weight of the grounding loss: the KL divergence of each colour, size and shape "
+                        "word's object mask from the word's attention map, every layer (0: off, plain "
+                        "denoising)")
     p.add_argument("--ema", type=float, default=EMA_DECAY, help="EMA decay (warmed up as (1+s)/(10+s))")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -579,7 +679,7 @@ def main(argv=None) -> Path:
     vae.register_to_config(scaling_factor=float(pre["scaling_factor"]))
 
     trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["objects"],
-                      pre["empty_ids"][0], pre.get("partner"))
+                      pre["empty_ids"][0], pre.get("partner"), pre.get("masks"), pre.get("word_objects"))
     budget = 60 * args.max_minutes if args.max_minutes is not None else math.inf
     if trainer.load(ckpt):
         print(f"unet: resumed at step {trainer.step}", flush=True)
