@@ -11,6 +11,8 @@
 #   PRESET=v3-relation-mix bash scripts/train_classroom_cpu.sh  # then every kind of scene again: 25 min
 #   PRESET="scratch scratch-relation scratch-mix" bash scripts/train_classroom_cpu.sh  # the shipped recipe
 #                                                    # from scratch: a chain, 90 UNet min, ~100 in all
+#   PRESET="grounded grounded-relation grounded-mix" bash scripts/train_classroom_cpu.sh  # the same chain
+#                                                    # with the grounding loss (--ground 0.1): 97 min in all
 #
 # PRESET may name a chain of presets: each later one starts from the EMA weights of the one before it
 # (--init-from), whose checkpoint is RUN/<preset>/ckpt; the last one's is RUN/ckpt, scored and shipped.
