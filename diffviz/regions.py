@@ -1,6 +1,7 @@
 """Regions of an image: a box or a mask as pixel weights, pooled to an attention grid.
 
-Shared by attribution (which region's prediction to explain) and edits (where to steer a word),
+Shared by attribution (which region's prediction to explain), edits (where to steer a word) and the
+classroom trainer's grounding loss (where a word's object is),
 so that neither imports the other's dependencies (captum, the capture).
 """
 

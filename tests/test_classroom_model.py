@@ -188,13 +188,13 @@ def test_grounding_loss_pulls_each_words_map_onto_its_object(tmp_path):
     for i, scene in enumerate(scenes):
         named = [obj for _, obj in scene.word_objects()]  # the caption's words follow the start token
         expected = [-1] + [-1 if o is None else o for o in named] + [-1] * (model.MAX_TOKENS - 1 - len(named))
-        assert pre["word_objects"][i].tolist() == expected
+        assert pre["token_objects"][i].tolist() == expected
         cover = pre["masks"][i, : len(scene.objects)].float().sum(dim=(1, 2))  # latent cells
         pixels = torch.from_numpy(scene.masks.sum(axis=(1, 2))).float() / (IMAGE_SIZE // side) ** 2
         assert torch.allclose(cover, pixels, atol=0.05)
 
     tr = train.Trainer(args, model.build_components(0), torch.device("cpu"), pre["latents"], pre["ids"],
-                       pre["objects"], pre["empty_ids"][0], None, pre["masks"], pre["word_objects"])
+                       pre["objects"], pre["empty_ids"][0], None, pre["masks"], pre["token_objects"])
     tr.step = 7
     idx, drop, noise, t = tr.draw()
     regions = tr.regions(idx, drop)  # [16, 77, side, side]

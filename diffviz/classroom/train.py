@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..capture.processor import CrossAttnProcessor
+from ..regions import pool
 from . import data, model
 
 CAPTION_DROPOUT = 0.1
@@ -90,12 +91,12 @@ def train_vae(vae, args, device) -> None:
 def object_masks(scene: data.Scene, side: int) -> torch.Tensor:
     """The share of each ``side x side`` latent cell that each object covers: float16 ``[2, side, side]``
     (zeros for a second object a scene lacks)."""
-    pixels = torch.from_numpy(scene.masks).float()[:, None]  # [objects, 1, H, W]
-    cover = F.adaptive_avg_pool2d(pixels, side)[:, 0]
-    return torch.cat([cover, cover.new_zeros(2 - len(cover), side, side)]).half()
+    cover = [pool(torch.from_numpy(mask), (side, side)) for mask in scene.masks]
+    cover += [torch.zeros(side, side)] * (2 - len(cover))
+    return torch.stack(cover).half()
 
 
-def word_objects(scene: data.Scene) -> torch.Tensor:
+def token_objects(scene: data.Scene) -> torch.Tensor:
     """int8 ``[77]``: at each token of the caption, the object its word names (its colour, size or shape),
     -1 for the start, end and padding tokens, "a" and the relation's words. Every caption word is one token
     of the classroom tokenizer, so word ``i`` is token ``i + 1``."""
@@ -109,13 +110,13 @@ def word_objects(scene: data.Scene) -> torch.Tensor:
 @torch.no_grad()
 def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
     """Latents ``[n, 4, s/4, s/4]`` (VAE mean), token ids ``[n, 77]``, object counts ``[n]``, object masks
-    ``[n, 2, s/4, s/4]`` and the object each token names ``[n, 77]`` (``object_masks``, ``word_objects``) of
+    ``[n, 2, s/4, s/4]`` and the object each token names ``[n, 77]`` (``object_masks``, ``token_objects``) of
     ``data.scenes(seed, n)``, streamed; ``progress`` shows a bar. With ``args.mirror`` each two-object scene
     is followed by its ``data.mirrored`` twin, and ``partner [n]`` holds each scene's twin (-1: none)."""
     tok = model.tokenizer()
     # the same scenes, in the same order, as data.scenes(args.seed, ..., plain=args.plain)
     rng = np.random.default_rng(args.seed)
-    latents, ids, objects, masks, words = [], [], [], [], []
+    latents, ids, objects, masks, tokens = [], [], [], [], []
     for start in tqdm(range(0, args.n_scenes, 512), desc="latents", mininterval=5, file=sys.stdout,
                       disable=not progress):
         chunk = [data.random_scene(rng, exclude, args.image_size, args.plain)
@@ -128,11 +129,11 @@ def precompute(vae, args, device, exclude, progress: bool = True) -> dict:
                        truncation=True, return_tensors="pt").input_ids.to(torch.int32))
         objects.append(torch.tensor([len(s.objects) for s in chunk], dtype=torch.int8))
         masks.append(torch.stack([object_masks(s, latents[-1].shape[-1]) for s in chunk]))
-        words.append(torch.stack([word_objects(s) for s in chunk]))
+        tokens.append(torch.stack([token_objects(s) for s in chunk]))
     latents, objects = torch.cat(latents).contiguous(), torch.cat(objects)
     empty = tok([""], padding="max_length", max_length=model.MAX_TOKENS, return_tensors="pt").input_ids
     out = {"latents": latents, "ids": torch.cat(ids), "objects": objects, "empty_ids": empty.to(torch.int32),
-           "masks": torch.cat(masks), "word_objects": torch.cat(words),
+           "masks": torch.cat(masks), "token_objects": torch.cat(tokens),
            "scaling_factor": torch.tensor([1.0 / latents.std().item()])}
     if args.mirror:  # a two-object scene and its twin stand next to each other
         partner = torch.full((len(objects),), -1, dtype=torch.int64)
@@ -188,7 +189,7 @@ class Trainer:
     """
 
     def __init__(self, args, comps, device, latents, ids, objects, empty_ids, partner=None, masks=None,
-                 words=None):
+                 token_objects=None):
         self.args, self.comps, self.device = args, comps, device
         self.unet, self.text = comps["unet"].to(device), comps["text_encoder"].to(device)
         if args.channels_last:
@@ -216,10 +217,10 @@ class Trainer:
         self.partner = None if partner is None else partner.to(device)  # [n] a scene's mirrored twin, or -1
         self.ground = None  # the grounding loss's data: masks [n, 2, h, w], the object of each token [n, 77]
         if args.ground:
-            if masks is None or words is None:
+            if masks is None or token_objects is None:
                 raise ValueError("--ground needs the scenes' object masks, which this latent cache lacks; "
                                  "delete its latents.safetensors to encode the scenes again")
-            self.ground = (masks.to(device), words.to(device, torch.long))
+            self.ground = (masks.to(device), token_objects.to(device, torch.long))
             self.maps = AttentionMaps()
             self.unet.set_attn_processor({name: CrossAttnProcessor(name, edit=self.maps)
                                           for name in self.unet.attn_processors})
@@ -679,7 +680,7 @@ def main(argv=None) -> Path:
     vae.register_to_config(scaling_factor=float(pre["scaling_factor"]))
 
     trainer = Trainer(args, comps, device, pre["latents"] * pre["scaling_factor"], pre["ids"], pre["objects"],
-                      pre["empty_ids"][0], pre.get("partner"), pre.get("masks"), pre.get("word_objects"))
+                      pre["empty_ids"][0], pre.get("partner"), pre.get("masks"), pre.get("token_objects"))
     budget = 60 * args.max_minutes if args.max_minutes is not None else math.inf
     if trainer.load(ckpt):
         print(f"unet: resumed at step {trainer.step}", flush=True)
