@@ -2,7 +2,7 @@
 
 Shared by attribution (which region's prediction to explain), edits (where to steer a word) and the
 classroom trainer's grounding loss (where a word's object is),
-so that neither imports the other's dependencies (captum, the capture).
+so that none of them imports another's dependencies (captum, the capture).
 """
 
 from __future__ import annotations
