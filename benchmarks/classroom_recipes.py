@@ -56,6 +56,26 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def intervals(report: dict) -> dict:
+    """A ``classroom_quality`` report's deciding scores, each as ``(value, low, high)`` with its 95% interval
+    (Wilson for the rates, normal for the mean IoU): ``single``, ``two``, ``relation``, ``iou``; and
+    ``iou_words``, the number of word maps behind the IoU."""
+    rows = {}
+    for key, report_key, field in (("single", "single", "correct"), ("two", "two", "correct"),
+                                   ("relation", "two", "relation_ok")):
+        n = report[report_key]["n"]
+        k = round(report[report_key][field] * n)
+        rows[key] = (k / n, *wilson(k, n))
+    loc = report["localisation"]
+    ious = loc.get("ious_correct_images", [])
+    mean = loc["miou_correct_images"]
+    sd = (sum((x - mean) ** 2 for x in ious) / max(len(ious) - 1, 1)) ** 0.5
+    half = 1.96 * sd / max(len(ious), 1) ** 0.5
+    rows["iou"] = (mean, mean - half, mean + half) if ious else (math.nan, math.nan, math.nan)
+    rows["iou_words"] = len(ious)
+    return rows
+
+
 def prepare_latents(out: Path) -> Path:
     """The shared latents (``classroom_quality``'s held-out prompts excluded), computed once."""
     cache = out / "_latents"
@@ -89,23 +109,8 @@ def score(name: str, out: Path) -> dict:
         path.write_text(json.dumps(report))
     report = json.loads(path.read_text())
     log = json.loads((out / name / "weights" / "training_log.json").read_text())
-    row = {"arm": name, "change": ARMS[name][0], "samples_per_second": log["samples_per_second"],
-           "samples_seen": log["samples_seen"]}
-    for key in ("single", "two"):
-        n = report[key]["n"]
-        k = round(report[key]["correct"] * n)
-        row[key] = (k / n, *wilson(k, n))
-    n = report["two"]["n"]
-    k = round(report["two"]["relation_ok"] * n)
-    row["relation"] = (k / n, *wilson(k, n))
-    loc = report["localisation"]
-    ious = loc.get("ious_correct_images", [])
-    mean = loc["miou_correct_images"]
-    sd = (sum((x - mean) ** 2 for x in ious) / max(len(ious) - 1, 1)) ** 0.5
-    half = 1.96 * sd / max(len(ious), 1) ** 0.5
-    row["iou"] = (mean, mean - half, mean + half) if ious else (math.nan, math.nan, math.nan)
-    row["iou_words"] = len(ious)
-    return row
+    return {"arm": name, "change": ARMS[name][0], "samples_per_second": log["samples_per_second"],
+            "samples_seen": log["samples_seen"], **intervals(report)}
 
 
 def table(rows: list[dict]) -> str:

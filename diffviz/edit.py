@@ -210,9 +210,9 @@ def steer(pipe, prompt: str, word: Words, box: Region, *, strength: float = 0.9,
 
     At each selected step and layer, the word's attention mass over the image is moved into the box
     (a ``strength`` share of it, 0..1; 1 = all of it), spread evenly over the box; the other tokens
-    are rescaled so each pixel's attention still sums to 1. Layout forms in the first steps: on the
-    classroom model, steering the first ~30% of steps (``steps=slice(0, 6)`` of 20) landed objects in the
-    box more often than steering all of them (benchmarks/faithfulness.py). -> (image, trace).
+    are rescaled so each pixel's attention still sums to 1. Layout forms in the first steps, so steering
+    them (``steps=slice(0, 6)`` of 20) is the usual choice; how often an object lands depends on the model
+    (``benchmarks/faithfulness.py`` measures it on the classroom model). -> (image, trace).
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength is the share of attention moved into the box, 0..1, not {strength}.")

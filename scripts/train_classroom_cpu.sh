@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Train the classroom model v3 on this machine's CPU, score it, and ship it if it beats the shipped model on
-# every metric: one command, resumable (run it again after an interruption; it goes on from the last
-# checkpoint).
+# Train the classroom model on this machine's CPU, score it, and ship it if it beats the shipped model
+# (scripts/ship_classroom_model.py): one command, resumable (run it again after an interruption; it goes on from
+# the last checkpoint).
 #
-#   bash scripts/train_classroom_cpu.sh                  # v3: 140 min of UNet training on 2 cores, ~150 in all
+#   bash scripts/train_classroom_cpu.sh                  # the shipped model, from scratch: the grounded preset,
+#                                                        # 55 min of UNet training on 2 cores, ~60 in all
+#   PRESET="grounded grounded-relation grounded-mix" bash scripts/train_classroom_cpu.sh  # the same with the
+#                                                    # relation curriculum and the mix after it: 97 min in all
+#   PRESET="scratch scratch-relation scratch-mix" bash scripts/train_classroom_cpu.sh  # that chain without
+#                                                    # the grounding loss: 90 UNet min, ~100 in all
+#   PRESET=v3 bash scripts/train_classroom_cpu.sh        # v3: 140 min of UNet training, ~150 in all
 #   PRESET=v3-text bash scripts/train_classroom_cpu.sh   # v3 grown a text layer: 65 more min, ~90 in all
 #   PRESET=v3-mirror bash scripts/train_classroom_cpu.sh # v3-text on relation pairs: 60 more min (not shipped)
 #   PRESET=v3-batch bash scripts/train_classroom_cpu.sh  # v3-text at batch 512: 75 more min
 #   PRESET=v3-relation bash scripts/train_classroom_cpu.sh      # the relation curriculum: 8 min from v3-batch
 #   PRESET=v3-relation-mix bash scripts/train_classroom_cpu.sh  # then every kind of scene again: 25 min
-#   PRESET="scratch scratch-relation scratch-mix" bash scripts/train_classroom_cpu.sh  # the shipped recipe
-#                                                    # from scratch: a chain, 90 UNet min, ~100 in all
-#   PRESET="grounded grounded-relation grounded-mix" bash scripts/train_classroom_cpu.sh  # the same chain
-#                                                    # with the grounding loss (--ground 0.1): 97 min in all
 #
 # PRESET may name a chain of presets: each later one starts from the EMA weights of the one before it
 # (--init-from), whose checkpoint is RUN/<preset>/ckpt; the last one's is RUN/ckpt, scored and shipped.
@@ -22,7 +24,7 @@
 # MINUTES overrides the (last) preset's UNet minutes; TINY=1 runs every stage at toy size (a typo check, ~2 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PRESET=${PRESET:-v3}  # a preset of diffviz.classroom.train, or a chain of them
+PRESET=${PRESET:-grounded}  # a preset of diffviz.classroom.train, or a chain of them
 read -r -a CHAIN <<< "$PRESET"
 NAME=classroom_${CHAIN[0]//-/_}
 RUN=${RUN:-runs/$NAME}

@@ -326,15 +326,31 @@ def test_shipped_learning_curve_covers_the_runs_it_was_grown_from(tmp_path):
         ("third", 1, 280, 1)]
     shipped = json.loads((model.WEIGHTS / "quality_curve.json").read_text())
     log = json.loads((model.WEIGHTS / "training_log.json").read_text())
-    checkpoints = Path(__file__).resolve().parents[1] / "checkpoints"
-    assert log["recipe"]["preset"] == "v3-relation-mix"  # the shipped model
-    snapshots = sorted((checkpoints / "classroom_v3_relation_mix").glob("snapshots/step_*/quality.json"))
-    assert lineage_curve(snapshots, log) == shipped
-    lineage = ["v3", "v3-text", "v3-batch", "v3-relation", "v3-relation-mix"]
-    assert list(dict.fromkeys(r["run"] for r in shipped)) == lineage
-    logs = [checkpoints / f"classroom_{p.replace('-', '_')}" / "training_log.json" for p in lineage[:-1]]
-    seen = sum(json.loads(f.read_text())["samples_seen"] for f in logs) + log["samples_seen"]
-    assert shipped[-1]["samples"] == seen
+    run = Path(__file__).resolve().parents[1] / "checkpoints" / "classroom_grounded"
+    assert log["recipe"]["preset"] == "grounded" and not log["recipe"]["init_from"]  # shipped, from scratch
+    assert lineage_curve(sorted(run.glob("ckpt/snapshots/step_*/quality.json")), log) == shipped
+    assert {r["run"] for r in shipped} == {"grounded"} and shipped[-1]["samples"] == log["samples_seen"]
+
+
+def test_ship_rule_wants_one_metric_better_and_none_worse():
+    """scripts/ship_classroom_model.py on the committed scores: the grounded run against the model shipped
+    before it ships (IoU better, the rest inside its interval); a model against itself does not (better on
+    none); a run whose two-object rate falls below the shipped one's beyond its interval does not either."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ship_classroom_model import compare, ships
+
+    run = Path(__file__).resolve().parents[1] / "checkpoints" / "classroom_grounded"
+    new, before = (json.loads((run / name).read_text()) for name in ("quality.json", "quality_shipped.json"))
+    scores = compare(new, before)
+    assert {name: verdict for name, (_, _, verdict) in scores.items()} == {
+        "single-object": "same", "two-object": "same", "word-map IoU": "better"}
+    assert ships(scores) and not ships(compare(new, new))
+    worse = json.loads(json.dumps(new))
+    worse["two"]["correct"] = 0.8
+    scores = compare(worse, before)
+    assert scores["two-object"][2] == "WORSE" and not ships(scores)
 
 
 def test_learning_curve_picture_draws_a_chain_of_stages_end_to_end(tmp_path):

@@ -112,6 +112,15 @@ def test_lesson7_quality_curve_and_learnt_at(tmp_path):
     shipped = lesson7.quality_curve()  # the shipped model's own curve: its last snapshot is the shipped step
     assert shipped[-1]["step"] == json.loads((WEIGHTS / "training_log.json").read_text())["step"]
     assert all(0 <= r[k] <= 1 for r in shipped for k in ("single", "two", "both_objects", "relation"))
+    # another file by name; rows with their own samples need no training log
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lineage.json").write_text(json.dumps([{**r, "run": "a", "samples": 7} for r in rows[:1]]))
+    assert [(r["run"], r["samples"]) for r in lesson7.quality_curve(other, name="lineage.json")] == [("a", 7)]
+    old = lesson7.quality_curve(name="quality_curve_v3_relation_mix.json")  # the model shipped before it
+    assert list(dict.fromkeys(r["run"] for r in old)) == ["v3", "v3-text", "v3-batch", "v3-relation",
+                                                          "v3-relation-mix"]
+    assert [r["samples"] for r in old] == sorted(r["samples"] for r in old)  # counted from v3's start
 
 
 def test_lesson7_colourless_share():

@@ -1,7 +1,7 @@
 """Lesson 7, the limits measured (notebooks/07_limits.ipynb): helpers and exercise checks.
 
 The helpers compute what the lesson compares against from the classroom's own definitions (its data,
-its shipped learning curve, tensor shapes), so the lesson never states a number it did not compute. Its
+its learning curves, tensor shapes), so the lesson never states a number it did not compute. Its
 exercises are predictions; ``solution("rare_colours")`` (or ``"memory_growth"``, ``"generalisation_gap"``)
 prints a worked answer, the reasoning and the measurement read, for whoever asks for it on purpose.
 """
@@ -41,20 +41,24 @@ def two_object_outcome(prompt: str, image) -> str:
     return "object missing"
 
 
-def quality_curve(path=None) -> list[dict]:
-    """The shipped model's learning curve: one dict per training snapshot, the ``run`` (preset) that took it,
-    its ``step`` in that run, ``samples`` seen and the judge's rates on held-out prompts (``single``:
-    single-object right; ``two``: two-object right;
-    ``both_objects``: both objects drawn; ``relation``: both drawn and the relation right), from
-    ``weights/quality_curve.json``. A model grown from an earlier run carries that run's snapshots first, with
-    the samples counted from the first run's start; rows without ``samples`` count ``step`` times the batch
-    in ``weights/training_log.json``."""
+def quality_curve(path=None, name: str = "quality_curve.json") -> list[dict]:
+    """A model's learning curve: one dict per training snapshot, the ``run`` (preset) that took it, its
+    ``step`` in that run, ``samples`` seen and the judge's rates on held-out prompts (``single``:
+    single-object right; ``two``: two-object right; ``both_objects``: both objects drawn; ``relation``: both
+    drawn and the relation right), read from the file ``name`` in the folder ``path`` (default: the shipped
+    weights). ``weights/quality_curve.json`` is the shipped model's (grounded: one run from scratch);
+    ``weights/quality_curve_v3_relation_mix.json`` is the model shipped before it (v3-relation-mix, grown
+    over five runs, v3, v3-text, v3-batch, v3-relation and v3-relation-mix). A model grown from an earlier
+    run carries that run's snapshots first, with the samples counted from the first run's start; rows
+    without ``samples`` count ``step`` times the batch in that folder's ``training_log.json``."""
     from ..classroom.model import WEIGHTS
 
     folder = WEIGHTS if path is None else path
-    batch = json.loads((folder / "training_log.json").read_text())["batch"]
-    rows = json.loads((folder / "quality_curve.json").read_text())
-    return [{"run": r.get("run", ""), "step": r["step"], "samples": r.get("samples", r["step"] * batch),
+    rows = json.loads((folder / name).read_text())
+    batch = (json.loads((folder / "training_log.json").read_text())["batch"]
+             if any("samples" not in r for r in rows) else None)  # only read when a row needs it
+    return [{"run": r.get("run", ""), "step": r["step"],
+             "samples": r["samples"] if "samples" in r else r["step"] * batch,
              "single": r["single"]["correct"],
              "two": r["two"]["correct"], "both_objects": r["two"]["objects_ok"],
              "relation": r["two"]["relation_ok"]}
