@@ -1,5 +1,5 @@
 """Lesson 3's new checks (course v2): the guided prediction with a predicted ratio, the early x0
-overshoot, and the negative prompt that leaves the fewest red pictures."""
+overshoot, and the negative prompt that changes the pictures most."""
 
 from __future__ import annotations
 
@@ -47,15 +47,20 @@ def test_redness_and_red_count():
     assert lesson3.red_count([red, blue, training_picture("a large red circle", 1)]) == 2
 
 
-def test_check_fewest_red(capsys):
+def test_change_and_check_furthest(capsys):
     red, blue, green = (training_picture(f"a large {c} circle") for c in ("red", "blue", "green"))
-    pics = {"red": [red, blue], "a red circle": [blue, green],
-            "a large red circle": [red, training_picture("a large red circle", 1)]}
-    assert lesson3.check_fewest_red("a red circle", pics, prediction="red")
+    assert lesson3.change([red, red], [red, red]) == 0
+    assert lesson3.change([blue], [red]) > 0.01  # the same circle, another colour
+    assert lesson3.change([blue, red], [red, red]) == pytest.approx(lesson3.change([blue], [red]) / 2)
+    with pytest.raises(ValueError, match="one of each per seed"):
+        lesson3.change([red], [red, red])
+    negatives = {None: [red, red], "red": [red, blue], "a red circle": [blue, green],
+                 "a large red circle": [red, training_picture("a large red circle", 1)]}
+    assert lesson3.check_furthest("a red circle", negatives, prediction="red")
     assert "was off" in capsys.readouterr().out
-    assert not lesson3.check_fewest_red("red", pics)
-    assert not lesson3.check_fewest_red("a large red circle", pics)
-    assert not lesson3.check_fewest_red(None, pics)
+    assert not lesson3.check_furthest("red", negatives)
+    assert not lesson3.check_furthest("a large red circle", negatives)
+    assert not lesson3.check_furthest(None, negatives)
     assert "Not answered yet" in capsys.readouterr().out
 
 
@@ -76,8 +81,7 @@ def test_the_printed_solutions_pass_their_checks(trace, capsys):
              "negatives": negatives, "NEGATIVES": ["red", "a red circle", "a large red circle"]}
     checks = {"guided": lambda answer: lesson3.check_guided(answer, trace, step=5),
               "overshoot": lambda answer: lesson3.check_overshoot(answer, trace, 1, float(real_z.std())),
-              "fewest_red": lambda answer: lesson3.check_fewest_red(
-                  answer, {neg: ims for neg, ims in negatives.items() if neg})}
+              "furthest": lambda answer: lesson3.check_furthest(answer, negatives)}
     assert sorted(lesson3.solution) == sorted(checks)  # one worked answer per exercise
     for name, check in checks.items():  # each run on the notebook's names at its exercise
         assert check(printed_answer(lesson3.solution, name, capsys, **given)), name

@@ -131,26 +131,29 @@ def classroom():
 
 
 @pytest.mark.slow
-def test_suppressing_a_word_removes_its_object(classroom):
-    """Suppress an object's colour and shape words: its object is gone, the other object stays.
+def test_suppressing_an_objects_words_changes_that_object(classroom):
+    """Suppress an object's colour and shape words: its pixels change several times more than the other
+    object's, and the other object stays as it was drawn.
 
-    Not red: the training data draws an object whose colour is not named red most of the time, so with
-    "red" suppressed the model still tends to draw red (its learned default), a lesson of its own."""
+    Not "its object is gone": the shipped model's words get about a tenth of each pixel's attention, and the
+    end and padding tokens, which read the whole prompt, still describe the object (lesson 6 measures it), so
+    a suppressed object is reshaped or recoloured, not always removed. Not red: the model's default colour."""
     from diffviz.classroom.judge import find_objects
+    from diffviz.course.lesson5 import region_change
 
     prompt = "a yellow square left of a green circle"
     kw = {"num_inference_steps": 20}
-    had = removed = kept = 0
+    ratios, kept = [], 0
     for seed in range(6):
         plain = classroom(prompt, generator=torch.Generator().manual_seed(seed), **kw).images[0]
-        colours = {f.colour for f in find_objects(plain)}
-        if not {"yellow", "green"} <= colours:
+        found = {f.colour: f for f in find_objects(np.asarray(plain))}
+        if not {"yellow", "green"} <= set(found):
             continue
         img, _ = edit.suppress(classroom, prompt, ["yellow", "square"], seed=seed, **kw)
-        after = {f.colour for f in find_objects(img)}
-        had += 1
-        removed += "yellow" not in after
-        kept += "green" in after
-    if had < 2:
-        pytest.skip(f"the classroom model drew both objects for only {had} of 6 seeds")
-    assert removed == had and kept >= had - 1
+        change = {c: region_change(img, plain, torch.from_numpy(found[c].mask)) for c in ("yellow", "green")}
+        ratios.append(change["yellow"] / max(change["green"], 1e-6))
+        kept += ("green", "circle") in {(f.colour, f.shape) for f in find_objects(np.asarray(img))}
+    if len(ratios) < 2:
+        pytest.skip(f"the classroom model drew both objects for only {len(ratios)} of 6 seeds")
+    assert min(ratios) > 2, ratios  # the suppressed words' object changes, not the other one
+    assert kept == len(ratios)

@@ -1,7 +1,7 @@
 """Lesson 3, guidance: reference answers and exercise checks.
 
 A ``prediction`` (written before measuring) is compared once the answer is right. ``solution(name)``
-prints a worked answer ("guided", "overshoot", "fewest_red"), for whoever asks for it on purpose.
+prints a worked answer ("guided", "overshoot", "furthest"), for whoever asks for it on purpose.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from ..traces import Trace, guide
 from . import Solutions, predicted, tensor_answer, verdict
+from .lesson5 import region_change
 
 
 def guided(trace: Trace, step: int) -> torch.Tensor:
@@ -44,6 +45,15 @@ def redness(image) -> float:
 def red_count(images) -> int:
     """How many of ``images`` show something red (over 2% of their pixels red)."""
     return sum(redness(im) > 0.02 for im in images)
+
+
+def change(pictures: Sequence, baseline: Sequence) -> float:
+    """Mean |ΔRGB| (in [0, 1]) between each of ``pictures`` and the ``baseline`` picture of the same seed
+    (``lesson5.region_change`` over the whole image), averaged over the seeds."""
+    if len(pictures) != len(baseline):
+        raise ValueError(f"{len(pictures)} pictures against {len(baseline)} baseline pictures: pass one of "
+                         "each per seed, in the same order.")
+    return float(np.mean([region_change(a, b) for a, b in zip(pictures, baseline)]))
 
 
 def overshoot(trace: Trace, step: int, real_std: float) -> float:
@@ -87,21 +97,21 @@ def check_overshoot(answer, trace: Trace, step: int, real_std: float,
     return True
 
 
-def check_fewest_red(answer, pictures: Mapping[str, Sequence], prediction: str | None = None) -> bool:
-    """``answer``: the negative prompt (a key of ``pictures``, negative -> its pictures) with the fewest red
-    pictures; ``prediction``: the negative guessed before."""
-    hint = "apply lesson3.red_count to each negative prompt's pictures and take the negative with the fewest."
-    if answer is None or not pictures:
+def check_furthest(answer, negatives: Mapping[str | None, Sequence], prediction: str | None = None) -> bool:
+    """``answer``: the negative prompt whose pictures ``change`` most from those made without one;
+    ``negatives`` maps each negative prompt to its pictures, one per seed, and None to the pictures made
+    without a negative prompt; ``prediction``: the negative guessed before."""
+    hint = ("apply lesson3.change(negatives[neg], negatives[None]) to each negative prompt and take the "
+            "negative with the largest change.")
+    changes = {neg: change(ims, negatives[None]) for neg, ims in negatives.items() if neg is not None}
+    if answer is None or not changes:
         return verdict(None, False, "", hint)
-    counts = {neg: red_count(ims) for neg, ims in pictures.items()}
-    fewest = min(counts.values())
-    best = [neg for neg, n in counts.items() if n == fewest]
-    if not verdict(answer, answer in best,
-                   f"{answer!r} leaves {fewest} of {len(pictures[answer])} pictures red.", hint):
+    furthest = max(changes, key=changes.get)
+    said = f"{furthest!r} changes the pictures most: {changes[furthest]:.3f} of the full scale."
+    if not verdict(answer, answer == furthest, said, hint):
         return False
-    close = prediction is not None and prediction in best
-    predicted(prediction, close, "red pictures per negative prompt: "
-                                 + ", ".join(f"{neg!r} {n}" for neg, n in counts.items()))
+    measured = ", ".join(f"{neg!r} {c:.3f}" for neg, c in changes.items())
+    predicted(prediction, prediction == furthest, f"change from the pictures without a negative: {measured}")
     return True
 
 
@@ -111,7 +121,7 @@ uncond, cond = trace.noise_uncond[5].float(), trace.noise_cond[5].float()  # [C,
 answer = uncond + trace.guidance_scale * (cond - uncond)""",
     overshoot="""\
 answer = float(sweep[20].x0[EARLY].float().std()) / float(real_z.std())  # the scale-20 run""",
-    fewest_red="""\
-red_pictures = {neg: lesson3.red_count(negatives[neg]) for neg in NEGATIVES}  # None (no negative) left out
-answer = min(red_pictures, key=red_pictures.get)""",
+    furthest="""\
+changes = {neg: lesson3.change(negatives[neg], negatives[None]) for neg in NEGATIVES}  # None is the baseline
+answer = max(changes, key=changes.get)""",
 )
