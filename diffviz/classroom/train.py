@@ -472,7 +472,7 @@ def train_student_model(folder: str | os.PathLike, minutes: float = 8.5, seed: i
 
     The "student" preset: the shipped model's VAE, 16,000 new scenes (half a minute to encode), then
     ``minutes`` of UNet training on single-object scenes with a progress bar (8.5 minutes, about 9 in all on
-    two cores; two objects need the shipped model's hours). ``folder`` keeps
+    two cores; two objects need the shipped model's hour). ``folder`` keeps
     the checkpoint: calling again with the same folder resumes, and a finished run loads at once.
     """
     folder = Path(folder)
